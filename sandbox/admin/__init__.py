@@ -1,0 +1,1 @@
+"""Sandbox-only controls (a separate port the real services do not have)."""

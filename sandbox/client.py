@@ -1,0 +1,85 @@
+"""A small client for tests and benchmarks: verified TLS sessions and the sandbox-only admin API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import requests
+
+
+class VerifiedSession(requests.Session):
+    """A requests session that always verifies against the sandbox CA.
+
+    ``Session.verify`` alone is not enough: requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``
+    from the environment override it, so the CA is passed on every request instead.
+    """
+
+    def __init__(self, ca_path: str | Path) -> None:
+        super().__init__()
+        self.ca_path = str(ca_path)
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs.setdefault("verify", self.ca_path)
+        kwargs.setdefault("timeout", 60)
+        return super().request(method, url, *args, **kwargs)
+
+
+class SandboxClient:
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.ca_path = info["ca_bundle"]
+        self.admin_url = info["admin"]["url"] + "/_sandbox"
+        self.http = VerifiedSession(self.ca_path)
+
+    @classmethod
+    def from_state_file(cls, path: str | Path) -> SandboxClient:
+        return cls(json.loads(Path(path).read_text()))
+
+    def session(self) -> VerifiedSession:
+        return VerifiedSession(self.ca_path)
+
+    # -- generic admin calls -------------------------------------------------------------
+    def get(self, path: str, **params: Any) -> Any:
+        r = self.http.get(self.admin_url + path, params=params)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def post(self, path: str, body: Any = None) -> Any:
+        r = self.http.post(self.admin_url + path, json=body if body is not None else {})
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def put(self, path: str, body: Any) -> Any:
+        r = self.http.put(self.admin_url + path, json=body)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def delete(self, path: str) -> None:
+        r = self.http.delete(self.admin_url + path)
+        r.raise_for_status()
+
+    # -- request log, faults, tokens ------------------------------------------------------
+    def requests(self, server: str | None = None, since: int = 0, user: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"since": since}
+        if server:
+            params["server"] = server
+        if user:
+            params["user"] = user
+        return self.get("/requests", **params)["entries"]
+
+    def last_seq(self) -> int:
+        return self.get("/requests", since=10**12)["last_seq"]
+
+    def clear_requests(self) -> None:
+        self.delete("/requests")
+
+    def add_fault(self, **spec: Any) -> dict[str, Any]:
+        return self.post("/faults", spec)
+
+    def clear_faults(self) -> None:
+        self.delete("/faults")
+
+    def expire_tokens(self) -> None:
+        self.post("/tokens/expire")

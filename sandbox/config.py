@@ -1,0 +1,71 @@
+"""Every knob of the sandbox in one place, so the CLI, tests and benchmarks size it the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Fixed, documented sandbox identities. They are not secrets: they only open the local sandbox.
+SANDBOX_TENANT_ID = "6f0c2a1e-5b7d-4c1a-9e3f-2d8b7a6c5e4f"
+SANDBOX_CLIENT_ID = "0b8d3f7e-1c2a-4e5b-8f9d-7a6c5b4e3d2c"
+SANDBOX_CLIENT_SECRET = "sandbox-client-secret-do-not-use-in-production"
+SANDBOX_DREAMAPPLY_API_KEY = "sandbox-dreamapply-api-key-0123456789abcdef"
+
+
+@dataclass
+class ServiceProtectionLimits:
+    """Dataverse per-user service-protection limits over a sliding window (defaults as documented)."""
+
+    window_seconds: float = 300.0
+    max_requests: int = 6000
+    max_execution_ms: float = 1_200_000.0
+    max_concurrent: int = 52
+    # Retry-After given on the first 429 of a penalty; doubled (up to the cap) while the client keeps sending.
+    retry_after_seconds: float = 5.0
+    retry_after_max_seconds: float = 300.0
+    dop_hint: int = 48
+
+
+@dataclass
+class SandboxConfig:
+    host: str = "127.0.0.1"
+    # 0 asks the OS for a free port; the chosen ports are written to the state file.
+    login_port: int = 8443
+    dataverse_port: int = 8444
+    dreamapply_port: int = 8445
+    admin_port: int = 8446
+    # Where the CA bundle and sandbox.json (endpoints, credentials) are written.
+    state_dir: Path = field(default_factory=lambda: Path(".sandbox"))
+
+    # Synthetic data
+    applicants: int = 200
+    seed: int = 42
+
+    # Identities
+    tenant_id: str = SANDBOX_TENANT_ID
+    client_id: str = SANDBOX_CLIENT_ID
+    client_secret: str = SANDBOX_CLIENT_SECRET
+    dreamapply_api_key: str = SANDBOX_DREAMAPPLY_API_KEY
+
+    # Entra ID
+    token_lifetime_seconds: int = 3599
+
+    # DreamApply
+    dreamapply_requests_per_minute: int = 180
+
+    # Dataverse
+    limits: ServiceProtectionLimits = field(default_factory=ServiceProtectionLimits)
+    # Simulated server time: a fixed cost per HTTP request plus a cost per operation it carries
+    # (a $batch of 100 upserts costs request_latency_ms + 100 * operation_ms). Both are really
+    # awaited, so they also count as execution time for service protection.
+    request_latency_ms: float = 0.0
+    operation_ms: float = 0.0
+    # The DreamApply-applicant-ID alternate key exists at start in Pending state and turns Active
+    # after this many seconds (0: Active at once; negative: no key defined at all).
+    alternate_key_activation_seconds: float = 0.0
+    # Keep at most this many request-log entries (oldest dropped first).
+    request_log_size: int = 500_000
+
+    def replace(self, **changes: object) -> SandboxConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,1 @@
+"""dreamapply sandbox server."""

@@ -1,0 +1,1 @@
+"""Entra ID (Azure AD) token service for the client-credentials grant."""

@@ -1,0 +1,55 @@
+"""Shared fixtures: a running sandbox over verified TLS (in-process, ephemeral ports)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox import Sandbox, SandboxConfig
+from sandbox.client import SandboxClient
+
+
+def _config(tmp: Path, **overrides: object) -> SandboxConfig:
+    base = {
+        "login_port": 0,
+        "dataverse_port": 0,
+        "dreamapply_port": 0,
+        "admin_port": 0,
+        "state_dir": tmp,
+        "applicants": 300,
+        "seed": 7,
+    }
+    base.update(overrides)
+    return SandboxConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """One shared sandbox for read-mostly tests. Tests that change limits or data use ``make_sandbox``."""
+    sb = Sandbox(_config(tmp_path_factory.mktemp("sandbox"))).start()
+    yield sb
+    sb.stop()
+
+
+@pytest.fixture
+def sandbox_client(sandbox: Sandbox) -> Iterator[SandboxClient]:
+    client = SandboxClient(sandbox.info())
+    yield client
+    client.clear_faults()
+
+
+@pytest.fixture
+def make_sandbox(tmp_path: Path) -> Iterator[Callable[..., tuple[Sandbox, SandboxClient]]]:
+    """A private sandbox with config overrides, stopped after the test."""
+    started: list[Sandbox] = []
+
+    def make(**overrides: object) -> tuple[Sandbox, SandboxClient]:
+        sb = Sandbox(_config(tmp_path / f"sb{len(started)}", **overrides)).start()
+        started.append(sb)
+        return sb, SandboxClient(sb.info())
+
+    yield make
+    for sb in started:
+        sb.stop()
