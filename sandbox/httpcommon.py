@@ -21,7 +21,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATE_KEY = web.AppKey("sandbox_state", SandboxState)
 SERVER_KEY = web.AppKey("sandbox_server", str)
 # Handlers may put extra facts for the request log here (error_code, ops, throttled, ...).
-LOG_EXTRA = "sandbox.log_extra"
+LOG_EXTRA = web.RequestKey("sandbox_log_extra", dict)
 
 
 def caller_of(request: web.Request) -> str | None:

@@ -81,9 +81,11 @@ class Sandbox:
         }
         ssl_ctx = self.state.tls.server_context()
         for name, sock in socks.items():
-            runner = web.AppRunner(builders[name](self.state), access_log=None, handle_signals=False)
+            runner = web.AppRunner(
+                builders[name](self.state), access_log=None, handle_signals=False, shutdown_timeout=0.5
+            )
             await runner.setup()
-            site = web.SockSite(runner, sock, ssl_context=ssl_ctx, shutdown_timeout=0.5)
+            site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
             await site.start()
             self._runners.append(runner)
         self._write_state_file()

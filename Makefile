@@ -1,0 +1,34 @@
+# One place for the commands the README promises. Everything runs from a local virtualenv (.venv).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: install test lint sandbox benchmarks clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+## The test command (also what CI runs): lint, then every test.
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+## Start the local DreamApply / Dynamics 365 / Entra ID sandbox in the foreground.
+sandbox: install
+	$(PY) -m sandbox serve
+
+benchmarks: install
+	$(PY) benchmarks/sandbox_startup.py
+
+clean:
+	rm -rf $(VENV) .sandbox .pytest_cache .ruff_cache
