@@ -1,0 +1,1 @@
+"""Seeded synthetic DreamApply data: name tables, the catalogue, the generator and time-advance mutations."""
