@@ -85,8 +85,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, info, wall = start(args.small, Path(tmp) / "small")
         try:
-            print(f"start-up, {args.small} applicants: {wall:.2f} s wall (process spawn to ready), "
-                  f"{info['ready_in_seconds']:.2f} s inside the process  [target < 5 s]")
+            print(
+                f"start-up, {args.small} applicants: {wall:.2f} s wall (process spawn to ready), "
+                f"{info['ready_in_seconds']:.2f} s inside the process  [target < 5 s]"
+            )
         finally:
             proc.terminate()
             proc.wait()
@@ -112,8 +114,10 @@ def main() -> None:
     held = [json.loads(p) for p in raw]
     naive_mib = tracemalloc.get_traced_memory()[0] / 2**20
     tracemalloc.stop()
-    print(f"naive baseline: {count} applicants held as API JSON dicts alone take {naive_mib:.0f} MiB "
-          f"(applicants only; no applications, journal or server) vs the whole sandbox at {rss:.0f} MiB")
+    print(
+        f"naive baseline: {count} applicants held as API JSON dicts alone take {naive_mib:.0f} MiB "
+        f"(applicants only; no applications, journal or server) vs the whole sandbox at {rss:.0f} MiB"
+    )
     del held
 
 

@@ -20,8 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the sandbox servers (Ctrl-C stops them)")
     g = s.add_argument_group("network (servers bind to 127.0.0.1 only; port 0 picks a free port)")
     g.add_argument("--login-port", type=int, default=d.login_port, help="Entra ID token service (default %(default)s)")
-    g.add_argument("--dataverse-port", type=int, default=d.dataverse_port, help="Dynamics 365 Web API (default %(default)s)")
-    g.add_argument("--dreamapply-port", type=int, default=d.dreamapply_port, help="DreamApply API (default %(default)s)")
+    g.add_argument(
+        "--dataverse-port", type=int, default=d.dataverse_port, help="Dynamics 365 Web API (default %(default)s)"
+    )
+    g.add_argument(
+        "--dreamapply-port", type=int, default=d.dreamapply_port, help="DreamApply API (default %(default)s)"
+    )
     g.add_argument("--admin-port", type=int, default=d.admin_port, help="sandbox-only controls (default %(default)s)")
     g.add_argument(
         "--state-dir",
@@ -30,19 +34,41 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where the CA bundle (ca.pem) and {STATE_FILE} are written (default %(default)s)",
     )
     g = s.add_argument_group("data")
-    g.add_argument("--applicants", type=int, default=d.applicants, help="synthetic applicants, 10..200000 (default %(default)s)")
+    g.add_argument(
+        "--applicants", type=int, default=d.applicants, help="synthetic applicants, 10..200000 (default %(default)s)"
+    )
     g.add_argument("--seed", type=int, default=d.seed, help="random seed of the generator (default %(default)s)")
     g = s.add_argument_group("identity")
-    g.add_argument("--token-lifetime", type=int, default=d.token_lifetime_seconds, help="access token lifetime in seconds")
+    g.add_argument(
+        "--token-lifetime", type=int, default=d.token_lifetime_seconds, help="access token lifetime in seconds"
+    )
     g = s.add_argument_group("limits")
-    g.add_argument("--dreamapply-rpm", type=int, default=d.dreamapply_requests_per_minute, help="DreamApply requests per minute per key")
-    g.add_argument("--window", type=float, default=lim.window_seconds, help="Dataverse service-protection window, seconds")
+    g.add_argument(
+        "--dreamapply-rpm",
+        type=int,
+        default=d.dreamapply_requests_per_minute,
+        help="DreamApply requests per minute per key",
+    )
+    g.add_argument(
+        "--window", type=float, default=lim.window_seconds, help="Dataverse service-protection window, seconds"
+    )
     g.add_argument("--max-requests", type=int, default=lim.max_requests, help="Dataverse requests per window per user")
-    g.add_argument("--max-execution-ms", type=float, default=lim.max_execution_ms, help="Dataverse execution time per window per user")
-    g.add_argument("--max-concurrent", type=int, default=lim.max_concurrent, help="Dataverse concurrent requests per user")
-    g.add_argument("--retry-after", type=float, default=lim.retry_after_seconds, help="first Retry-After of a penalty, seconds")
+    g.add_argument(
+        "--max-execution-ms",
+        type=float,
+        default=lim.max_execution_ms,
+        help="Dataverse execution time per window per user",
+    )
+    g.add_argument(
+        "--max-concurrent", type=int, default=lim.max_concurrent, help="Dataverse concurrent requests per user"
+    )
+    g.add_argument(
+        "--retry-after", type=float, default=lim.retry_after_seconds, help="first Retry-After of a penalty, seconds"
+    )
     g.add_argument("--dop-hint", type=int, default=lim.dop_hint, help="x-ms-dop-hint sent by Dataverse")
-    g.add_argument("--request-latency-ms", type=float, default=d.request_latency_ms, help="simulated server time per request")
+    g.add_argument(
+        "--request-latency-ms", type=float, default=d.request_latency_ms, help="simulated server time per request"
+    )
     g.add_argument("--operation-ms", type=float, default=d.operation_ms, help="simulated server time per operation")
     g.add_argument(
         "--key-activation",
@@ -88,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def announce() -> None:
             info = sandbox.info()
-            print(json.dumps({"ready_in_seconds": round(time.perf_counter() - started, 3), **info}, indent=2), flush=True)
+            print(
+                json.dumps({"ready_in_seconds": round(time.perf_counter() - started, 3), **info}, indent=2), flush=True
+            )
 
         sandbox.serve_forever(on_ready=announce)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
@@ -22,6 +23,10 @@ STATE_KEY = web.AppKey("sandbox_state", SandboxState)
 SERVER_KEY = web.AppKey("sandbox_server", str)
 # Handlers may put extra facts for the request log here (error_code, ops, throttled, ...).
 LOG_EXTRA = web.RequestKey("sandbox_log_extra", dict)
+# Number of operations a request carried (a $batch carries many); drives simulated execution time.
+OPS_KEY = web.RequestKey("sandbox_ops", int)
+# The authenticated caller (sandbox.dataverse.service.Caller), set by the Dataverse auth middleware.
+CALLER_KEY = web.RequestKey("sandbox_caller", object)
 
 
 def caller_of(request: web.Request) -> str | None:
@@ -111,17 +116,17 @@ def _reset_connection(request: web.Request) -> None:
         return
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     transport.abort()
 
 
 def _fault_response(state: SandboxState, server: str, request: web.Request, rule: FaultRule) -> web.Response:
     headers: dict[str, str] = {}
     if rule.status == 429:
-        headers["Retry-After"] = str(int(rule.retry_after)) if rule.retry_after == int(rule.retry_after) else str(rule.retry_after)
+        headers["Retry-After"] = (
+            str(int(rule.retry_after)) if rule.retry_after == int(rule.retry_after) else str(rule.retry_after)
+        )
     if server == "dataverse":
         if rule.status == 429:
             code = "0x80072322"
@@ -134,9 +139,7 @@ def _fault_response(state: SandboxState, server: str, request: web.Request, rule
         request[LOG_EXTRA]["error_code"] = code
         body = json.dumps({"error": {"code": code, "message": message}})
         headers["OData-Version"] = "4.0"
-        return web.Response(
-            status=rule.status, text=body, content_type="application/json", headers=headers
-        )
+        return web.Response(status=rule.status, text=body, content_type="application/json", headers=headers)
     if server == "login":
         body = json.dumps(
             {

@@ -45,9 +45,7 @@ class RequestLog:
             self._entries.append(entry)
         return entry
 
-    def entries(
-        self, server: str | None = None, since_seq: int = 0, user: str | None = None
-    ) -> list[dict[str, Any]]:
+    def entries(self, server: str | None = None, since_seq: int = 0, user: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
             items = list(self._entries)
         return [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -13,10 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.admin import server as admin
+from sandbox.config import SandboxConfig
 from sandbox.dataverse import server as dataverse
 from sandbox.dreamapply import server as dreamapply
 from sandbox.entra import server as entra
-from sandbox.config import SandboxConfig
 from sandbox.state import Endpoints, SandboxState
 from sandbox.tls import create_tls
 
@@ -141,10 +142,8 @@ class Sandbox:
             finally:
                 await self._stop_sites()
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(main())
-        except KeyboardInterrupt:
-            pass
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -179,7 +178,11 @@ class Sandbox:
                 "client_secret": cfg.client_secret,
             },
             "dynamics365": {"org_url": ep.org_url, "web_api_url": ep.web_api_url},
-            "dreamapply": {"url": ep.dreamapply_url, "api_url": ep.dreamapply_api_url, "api_key": cfg.dreamapply_api_key},
+            "dreamapply": {
+                "url": ep.dreamapply_url,
+                "api_url": ep.dreamapply_api_url,
+                "api_key": cfg.dreamapply_api_key,
+            },
             "admin": {"url": ep.admin_url},
             "applicants": cfg.applicants,
             "seed": cfg.seed,

@@ -41,9 +41,7 @@ async def health(request: web.Request) -> web.Response:
 async def list_requests(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     q = request.query
-    entries = state.request_log.entries(
-        server=q.get("server"), since_seq=int(q.get("since", 0)), user=q.get("user")
-    )
+    entries = state.request_log.entries(server=q.get("server"), since_seq=int(q.get("since", 0)), user=q.get("user"))
     return web.json_response({"last_seq": state.request_log.last_seq(), "entries": entries})
 
 

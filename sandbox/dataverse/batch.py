@@ -52,15 +52,13 @@ from sandbox.dataverse.multipart import (
     encode_multipart,
     parse_batch,
 )
-from sandbox.httpcommon import LOG_EXTRA, STATE_KEY
+from sandbox.httpcommon import CALLER_KEY, LOG_EXTRA, OPS_KEY, STATE_KEY
 
 log = logging.getLogger(__name__)
 
 MAX_OPERATIONS = 1000
 API_ROOT = "/api/data/v9.2"
 ERROR_CONTENT_TYPE = "application/json; odata.metadata=minimal"
-OPS_KEY = "sandbox.ops"
-CALLER_KEY = "sandbox.caller"
 # OData-level (request format) errors: the same code the core service uses for OData errors.
 BATCH_ERROR_CODE = "0x80060888"
 

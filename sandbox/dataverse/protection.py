@@ -1,6 +1,6 @@
 """Dataverse service-protection limits (reference §7) as an aiohttp middleware.
 
-Per user (``request["sandbox.caller"].user_id``, set by the auth middleware that runs first), over a
+Per user (``request[CALLER_KEY].user_id``, set by the auth middleware that runs first), over a
 sliding window of ``limits.window_seconds``:
 
 * **requests**: every admitted request counts once (a ``$batch`` is one request, whatever it
@@ -11,7 +11,7 @@ sliding window of ``limits.window_seconds``:
 * **concurrency**: requests in flight. At ``max_concurrent`` → 429 ``0x80072326`` at once.
 
 Simulated server time: after the handler returns, the middleware awaits
-``config.request_latency_ms + ops * config.operation_ms`` (``ops`` from ``request["sandbox.ops"]``,
+``config.request_latency_ms + ops * config.operation_ms`` (``ops`` from ``request[OPS_KEY]``,
 default 1) before answering, so it is real, concurrent wall time: a one-at-a-time client is slow,
 a parallel one is fast until it hits the concurrency or execution-time limit.
 
@@ -57,13 +57,11 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from sandbox.config import ServiceProtectionLimits
-from sandbox.httpcommon import LOG_EXTRA, STATE_KEY
+from sandbox.httpcommon import CALLER_KEY, LOG_EXTRA, OPS_KEY, STATE_KEY
 from sandbox.state import SandboxState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-CALLER_KEY = "sandbox.caller"
-OPS_KEY = "sandbox.ops"
 PENALTY_GRACE_SECONDS = 1.0
 
 CODE_REQUESTS = "0x80072322"

@@ -29,7 +29,10 @@ async def openid_configuration(request: web.Request) -> web.Response:
     tenant = request.match_info["tenant"]
     if not _known_tenant(state, tenant):
         return _aad_error(
-            400, "invalid_tenant", 90002, f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID."
+            400,
+            "invalid_tenant",
+            90002,
+            f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID.",
         )
     base = state.endpoints.login_url
     tid = state.config.tenant_id
@@ -65,7 +68,10 @@ async def token(request: web.Request) -> web.Response:
     tenant = request.match_info["tenant"]
     if not _known_tenant(state, tenant):
         return _aad_error(
-            400, "invalid_request", 90002, f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID."
+            400,
+            "invalid_request",
+            90002,
+            f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID.",
         )
     form = await request.post()
     client_id = str(form.get("client_id", ""))
@@ -85,7 +91,9 @@ async def token(request: web.Request) -> web.Response:
             f"The app requested an unsupported grant type '{grant_type}'.",
         )
     if not client_id:
-        return _aad_error(400, "invalid_request", 900144, "The request body must contain the following parameter: 'client_id'.")
+        return _aad_error(
+            400, "invalid_request", 900144, "The request body must contain the following parameter: 'client_id'."
+        )
     if client_id != state.config.client_id:
         return _aad_error(
             400,
@@ -93,7 +101,8 @@ async def token(request: web.Request) -> web.Response:
             700016,
             f"Application with identifier '{client_id}' was not found in the directory '{state.config.tenant_id}'. "
             "This can happen if the application has not been installed by the administrator of the tenant or "
-            "consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.",
+            "consented to by any user in the tenant. "
+            "You might have sent your authentication request to the wrong tenant.",
         )
     if not client_secret:
         return _aad_error(

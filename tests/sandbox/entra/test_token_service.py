@@ -12,7 +12,9 @@ from sandbox import Sandbox
 from sandbox.client import SandboxClient, VerifiedSession
 
 
-def _app(sandbox: Sandbox, secret: str | None = None, client_id: str | None = None) -> msal.ConfidentialClientApplication:
+def _app(
+    sandbox: Sandbox, secret: str | None = None, client_id: str | None = None
+) -> msal.ConfidentialClientApplication:
     return msal.ConfidentialClientApplication(
         client_id or sandbox.config.client_id,
         client_credential=secret if secret is not None else sandbox.config.client_secret,
