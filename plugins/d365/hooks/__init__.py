@@ -1,0 +1,1 @@
+"""One hook per external service: connection, auth, wire format, retries."""

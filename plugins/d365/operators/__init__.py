@@ -1,0 +1,1 @@
+"""Task semantics: read inputs from paths, build hooks in execute, write outputs to paths."""

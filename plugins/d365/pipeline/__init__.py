@@ -1,0 +1,1 @@
+"""Pipeline steps as plain modules that know nothing of Airflow (extract, mapping, ledger, plan, report)."""
