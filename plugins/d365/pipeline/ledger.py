@@ -1,0 +1,288 @@
+"""The sync ledger: applicant → lead id, payload hash, state, last sync and last error; plus the cursors.
+
+It is an optimisation and an audit trail, not the source of truth (lead ids are derived, see
+``identity``): unchanged payloads cost zero writes, per-record failures are retried next run, consent
+and erasure actions are recorded. Cursors advance only when the caller says the load has committed.
+
+SQLite is the embedded default; any SQLAlchemy URL works (PostgreSQL in production:
+``postgresql+psycopg2://user@host/db``). Writes are bulk upserts (``INSERT … ON CONFLICT``), which
+both dialects support.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+metadata = sa.MetaData()
+
+ledger_table = sa.Table(
+    "d365_sync_ledger",
+    metadata,
+    sa.Column("instance", sa.String(255), primary_key=True),
+    sa.Column("applicant_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("lead_id", sa.String(36), nullable=True),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("payload_hash", sa.String(64), nullable=True),
+    sa.Column("adopted", sa.Boolean, nullable=False, default=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error_code", sa.String(64), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_run_id", sa.String(255), nullable=True),
+    sa.Index("ix_d365_sync_ledger_state", "instance", "state"),
+)
+
+cursor_table = sa.Table(
+    "d365_sync_cursors",
+    metadata,
+    sa.Column("instance", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+class LeadState(enum.StrEnum):
+    """Where an applicant ended up. Every applicant a run touches ends in exactly one."""
+
+    SENT = "sent"  # the lead holds the current payload (created, updated or unchanged)
+    SKIPPED_CONSENT = "skipped_consent"  # never sent: the required consent is missing
+    QUARANTINED = "quarantined"  # bad data; reason says why; retried when the applicant changes
+    FAILED = "failed"  # Dynamics refused or could not be reached; retried next run
+    WITHDRAWN = "withdrawn"  # consent withdrawn after sending; the configured action was applied
+    ERASED = "erased"  # right to be forgotten applied; personal data scrubbed
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    applicant_id: int
+    lead_id: str | None
+    state: LeadState
+    payload_hash: str | None
+    adopted: bool
+    attempts: int
+    last_error_code: str | None
+    reason: str | None
+
+
+@dataclass
+class LedgerUpdate:
+    """The outcome of one applicant in one run."""
+
+    applicant_id: int
+    state: LeadState
+    lead_id: str | None = None
+    payload_hash: str | None = None
+    adopted: bool = False
+    reason: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    synced: bool = False  # the lead now holds payload_hash (sets last_synced_at)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Ledger:
+    CURSOR_NAMES = ("applicant_id", "journal_event_id")
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            # Several task processes may share the file: wait for locks instead of failing.
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        if create:
+            metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- cursors ---------------------------------------------------------------------------
+    def cursors(self, instance: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(cursor_table.c.name, cursor_table.c.value).where(cursor_table.c.instance == instance)
+            ).all()
+        values = dict.fromkeys(self.CURSOR_NAMES, 0)
+        values.update({name: int(value) for name, value in rows})
+        return values
+
+    def advance_cursors(self, instance: str, **values: int) -> dict[str, int]:
+        """Move cursors forward (never back), after the load has committed."""
+        unknown = set(values) - set(self.CURSOR_NAMES)
+        if unknown:
+            raise ValueError(f"unknown cursors: {sorted(unknown)}")
+        now = _now()
+        with self.engine.begin() as conn:
+            for name, value in values.items():
+                insert = self._insert(cursor_table).values(
+                    instance=instance, name=name, value=int(value), updated_at=now
+                )
+                conn.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=["instance", "name"],
+                        set_={
+                            "value": sa.func.max(cursor_table.c.value, insert.excluded.value)
+                            if self.engine.dialect.name == "sqlite"
+                            else sa.func.greatest(cursor_table.c.value, insert.excluded.value),
+                            "updated_at": now,
+                        },
+                    )
+                )
+        return self.cursors(instance)
+
+    def reset_cursors(self, instance: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(cursor_table).where(cursor_table.c.instance == instance))
+
+    # -- entries ---------------------------------------------------------------------------
+    def entries(self, instance: str, applicant_ids: Iterable[int] | None = None) -> dict[int, LedgerEntry]:
+        cols = ledger_table.c
+        query = sa.select(
+            cols.applicant_id,
+            cols.lead_id,
+            cols.state,
+            cols.payload_hash,
+            cols.adopted,
+            cols.attempts,
+            cols.last_error_code,
+            cols.reason,
+        ).where(cols.instance == instance)
+        found: dict[int, LedgerEntry] = {}
+        with self.engine.connect() as conn:
+            if applicant_ids is None:
+                chunks: Iterable[Sequence[int] | None] = [None]
+            else:
+                ids = sorted({int(i) for i in applicant_ids})
+                chunks = [ids[i : i + 5000] for i in range(0, len(ids), 5000)]
+            for chunk in chunks:
+                q = query if chunk is None else query.where(cols.applicant_id.in_(chunk))
+                for row in conn.execute(q):
+                    found[int(row.applicant_id)] = LedgerEntry(
+                        applicant_id=int(row.applicant_id),
+                        lead_id=row.lead_id,
+                        state=LeadState(row.state),
+                        payload_hash=row.payload_hash,
+                        adopted=bool(row.adopted),
+                        attempts=int(row.attempts or 0),
+                        last_error_code=row.last_error_code,
+                        reason=row.reason,
+                    )
+        return found
+
+    def ids_in_state(self, instance: str, *states: LeadState) -> list[int]:
+        cols = ledger_table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(cols.applicant_id)
+                .where(cols.instance == instance, cols.state.in_([s.value for s in states]))
+                .order_by(cols.applicant_id)
+            )
+            return [int(r.applicant_id) for r in rows]
+
+    def record(self, instance: str, updates: Iterable[LedgerUpdate], *, run_id: str | None = None) -> int:
+        """Bulk-upsert outcomes. A failure keeps the last good lead id and hash; attempts count failures."""
+        now = _now()
+        rows = []
+        for u in updates:
+            failed = u.state is LeadState.FAILED
+            rows.append(
+                {
+                    "instance": instance,
+                    "applicant_id": int(u.applicant_id),
+                    "lead_id": u.lead_id,
+                    "state": u.state.value,
+                    "reason": u.reason,
+                    "payload_hash": u.payload_hash,
+                    "adopted": bool(u.adopted),
+                    "attempts": 1 if failed else 0,
+                    "last_error_code": u.error_code if failed else None,
+                    "last_error": u.error if failed else None,
+                    "last_synced_at": now if u.synced else None,
+                    "last_attempt_at": now,
+                    "last_run_id": run_id,
+                }
+            )
+        if not rows:
+            return 0
+        c = ledger_table.c
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), 2000):
+                chunk = rows[start : start + 2000]
+                insert = self._insert(ledger_table).values(chunk)
+                ex = insert.excluded
+                failed_now = ex.state == LeadState.FAILED.value
+                conn.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=["instance", "applicant_id"],
+                        set_={
+                            "state": ex.state,
+                            "reason": ex.reason,
+                            "lead_id": sa.func.coalesce(ex.lead_id, c.lead_id),
+                            # a failure does not change what the lead holds
+                            "payload_hash": sa.case((failed_now, c.payload_hash), else_=ex.payload_hash),
+                            "adopted": sa.or_(c.adopted, ex.adopted),
+                            "attempts": sa.case((failed_now, c.attempts + 1), else_=0),
+                            "last_error_code": ex.last_error_code,
+                            "last_error": ex.last_error,
+                            "last_synced_at": sa.func.coalesce(ex.last_synced_at, c.last_synced_at),
+                            "last_attempt_at": ex.last_attempt_at,
+                            "last_run_id": ex.last_run_id,
+                        },
+                    )
+                )
+        return len(rows)
+
+    def scrub(self, instance: str, applicant_ids: Iterable[int], *, reason: str) -> int:
+        """Erasure: keep only what proves the action happened (ids, state, time), drop everything else."""
+        ids = [int(i) for i in applicant_ids]
+        if not ids:
+            return 0
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.update(ledger_table)
+                .where(ledger_table.c.instance == instance, ledger_table.c.applicant_id.in_(ids))
+                .values(
+                    state=LeadState.ERASED.value,
+                    reason=reason,
+                    payload_hash=None,
+                    last_error=None,
+                    last_error_code=None,
+                    last_attempt_at=_now(),
+                )
+            )
+            return int(result.rowcount or 0)
+
+    def counts(self, instance: str) -> dict[str, int]:
+        c = ledger_table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c.state, sa.func.count()).where(c.instance == instance).group_by(c.state)
+            ).all()
+        return {state: int(n) for state, n in rows}
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert(table)
+        if self.engine.dialect.name == "sqlite":
+            return sqlite.insert(table)
+        raise NotImplementedError(f"ledger supports SQLite and PostgreSQL, not {self.engine.dialect.name}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
