@@ -9,7 +9,7 @@ type 'Microsoft.Dynamics.CRM.AttributeMetadata'."; a cast to ``EnumAttributeMeta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from sandbox.dataverse import errors, odata
@@ -68,7 +68,7 @@ KEY_PROPERTIES = [
 ]
 
 
-class DictTable:
+class DictTable(odata.DictRows):
     """Query-engine adapter over a small list of metadata dicts (property paths like ``RequiredLevel/Value``)."""
 
     primary_id = "MetadataId"
@@ -76,9 +76,8 @@ class DictTable:
     def __init__(self, type_name: str, rows: list[dict[str, Any]], allowed: Iterable[str]) -> None:
         self.type_name = type_name
         self.entity_set = type_name
-        self.rows = {row["MetadataId"]: row for row in rows}
         self.allowed = set(allowed)
-        self._sorted = sorted(self.rows)
+        super().__init__(rows)
 
     def resolve(self, name: str) -> tuple[Callable[[Any], Any], str]:
         path = name.split("/")
@@ -94,24 +93,6 @@ class DictTable:
             return value
 
         return getter, "any"
-
-    def rows_by_id(self, ids: Iterable[str]) -> Iterator[dict[str, Any]]:
-        for row_id in ids:
-            row = self.rows.get(row_id)
-            if row is not None:
-                yield row
-
-    def get_row(self, row_id: str) -> dict[str, Any] | None:
-        return self.rows.get(row_id)
-
-    def sorted_ids(self) -> list[str]:
-        return self._sorted
-
-    def index_lookup(self, name: str, values: list[Any]) -> set[str] | None:
-        return None
-
-    def row_id(self, row: dict[str, Any]) -> str:
-        return row["MetadataId"]
 
 
 def _select(row: dict[str, Any], names: list[str] | None, keep: Iterable[str] = ("MetadataId",)) -> dict[str, Any]:

@@ -58,27 +58,33 @@ class Segment:
         return self.name if self.args is None else f"{self.name}({self.args})"
 
 
-def split_path(path: str) -> list[Segment]:
-    """Split a (still percent-encoded) resource path into decoded segments."""
-    raw_segments: list[str] = []
+def split_top_level(text: str, sep: str, *, quote: str | None = None, nested: bool = False) -> list[str]:
+    """Split ``text`` on ``sep`` where it stands outside ``quote``-delimited runs and, with ``nested``,
+    outside parentheses (which are themselves ignored inside quotes). Empty parts are kept."""
+    parts: list[str] = []
     buf: list[str] = []
     depth = 0
-    quote = False
-    decoded = urllib.parse.unquote(path)
-    # Split on the decoded text but respect quotes, so a '/' inside a key literal stays put.
-    for ch in decoded:
-        if ch == "'":
-            quote = not quote
-        elif not quote and ch == "(":
+    quoted = False
+    for ch in text:
+        if ch == quote:
+            quoted = not quoted
+        elif nested and not quoted and ch == "(":
             depth += 1
-        elif not quote and ch == ")":
+        elif nested and not quoted and ch == ")":
             depth -= 1
-        if ch == "/" and depth == 0 and not quote:
-            raw_segments.append("".join(buf))
+        if ch == sep and depth == 0 and not quoted:
+            parts.append("".join(buf))
             buf = []
         else:
             buf.append(ch)
-    raw_segments.append("".join(buf))
+    parts.append("".join(buf))
+    return parts
+
+
+def split_path(path: str) -> list[Segment]:
+    """Split a (still percent-encoded) resource path into decoded segments."""
+    # Split on the decoded text but respect quotes, so a '/' inside a key literal stays put.
+    raw_segments = split_top_level(urllib.parse.unquote(path), "/", quote="'", nested=True)
     segments = []
     for raw in raw_segments:
         if raw == "":
@@ -474,6 +480,38 @@ class Table(Protocol):
     def row_id(self, row: Any) -> str: ...
 
 
+class DictRows:
+    """The row-source half of :class:`Table` over a fixed list of dicts keyed by ``primary_id``.
+
+    Subclasses set ``entity_set``, ``type_name`` and ``primary_id`` and implement ``resolve``. No
+    property is indexed unless a subclass overrides ``index_lookup``.
+    """
+
+    primary_id: str
+
+    def __init__(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.rows = {row[self.primary_id]: row for row in rows}
+        self._sorted = sorted(self.rows)
+
+    def rows_by_id(self, ids: Iterable[str]) -> Iterator[dict[str, Any]]:
+        for row_id in ids:
+            row = self.rows.get(row_id)
+            if row is not None:
+                yield row
+
+    def get_row(self, row_id: str) -> dict[str, Any] | None:
+        return self.rows.get(row_id)
+
+    def sorted_ids(self) -> list[str]:
+        return self._sorted
+
+    def index_lookup(self, name: str, values: list[Any]) -> set[str] | None:
+        return None
+
+    def row_id(self, row: dict[str, Any]) -> str:
+        return row[self.primary_id]
+
+
 def _norm(value: Any) -> Any:
     if isinstance(value, str):
         return value.casefold()
@@ -655,21 +693,7 @@ def parse_orderby(text: str) -> list[tuple[str, bool]]:
 def parse_expand(text: str) -> dict[str, dict[str, str]]:
     """``A($select=x,y;$filter=...),B`` → {"A": {"$select": "x,y", ...}, "B": {}}"""
     items: dict[str, dict[str, str]] = {}
-    depth = 0
-    buf: list[str] = []
-    parts: list[str] = []
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(buf))
-            buf = []
-        else:
-            buf.append(ch)
-    parts.append("".join(buf))
-    for part in parts:
+    for part in split_top_level(text, ",", nested=True):
         part = part.strip()
         if not part:
             continue

@@ -134,19 +134,7 @@ class Request:
 
 def _parse_prefer(text: str) -> dict[str, str]:
     prefs: dict[str, str] = {}
-    parts: list[str] = []
-    buf = []
-    quoted = False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            parts.append("".join(buf))
-            buf = []
-        else:
-            buf.append(ch)
-    parts.append("".join(buf))
-    for part in parts:
+    for part in odata.split_top_level(text, ",", quote='"'):
         part = part.strip()
         if not part:
             continue

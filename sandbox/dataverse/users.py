@@ -18,10 +18,10 @@ One team: the business unit's default team (``isdefault`` true, teamtype 0 Owner
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from sandbox.dataverse import errors
+from sandbox.dataverse import errors, odata
 
 NS = uuid.UUID("9d7c1c1e-4f0b-4d55-9a43-5a9d3f1c2b10")
 
@@ -106,7 +106,7 @@ def build_users(application_user_id: str, client_id: str) -> list[dict[str, Any]
         row.update(fields)
         users.append(row)
 
-    for first, last, title in INTERACTIVE_USERS:
+    def add_person(first: str, last: str, title: str, **fields: Any) -> None:
         login = f"{_email_part(first)}.{_email_part(last)}@university.example"
         add(
             systemuserid=stable_id(f"user:{login}"),
@@ -117,21 +117,12 @@ def build_users(application_user_id: str, client_id: str) -> list[dict[str, Any]
             domainname=login,
             title=title,
             azureactivedirectoryobjectid=stable_id(f"aad:{login}"),
+            **fields,
         )
-    first, last, title = DISABLED_USER
-    login = f"{_email_part(first)}.{_email_part(last)}@university.example"
-    add(
-        systemuserid=stable_id(f"user:{login}"),
-        firstname=first,
-        lastname=last,
-        fullname=f"{first} {last}",
-        internalemailaddress=login,
-        domainname=login,
-        title=title,
-        isdisabled=True,
-        islicensed=False,
-        azureactivedirectoryobjectid=stable_id(f"aad:{login}"),
-    )
+
+    for first, last, title in INTERACTIVE_USERS:
+        add_person(first, last, title)
+    add_person(*DISABLED_USER, isdisabled=True, islicensed=False)
     add(
         systemuserid=application_user_id,
         firstname="# DreamApply",
@@ -180,7 +171,7 @@ def build_teams() -> list[dict[str, Any]]:
     ]
 
 
-class SimpleTable:
+class SimpleTable(odata.DictRows):
     """A small read-only entity set (systemusers, teams) for the shared query engine."""
 
     def __init__(
@@ -191,8 +182,7 @@ class SimpleTable:
         self.type_name = f"Microsoft.Dynamics.CRM.{logical}"
         self.primary_id = primary_id
         self.properties = properties
-        self.rows = {row[primary_id]: row for row in rows}
-        self._sorted = sorted(self.rows)
+        super().__init__(rows)
 
     def resolve(self, name: str) -> tuple[Callable[[Any], Any], str]:
         kind = self.properties.get(name)
@@ -200,25 +190,10 @@ class SimpleTable:
             raise errors.unknown_property(name, self.type_name)
         return (lambda row: row.get(name)), kind
 
-    def rows_by_id(self, ids: Iterable[str]) -> Iterator[dict[str, Any]]:
-        for row_id in ids:
-            row = self.rows.get(row_id)
-            if row is not None:
-                yield row
-
-    def get_row(self, row_id: str) -> dict[str, Any] | None:
-        return self.rows.get(row_id)
-
-    def sorted_ids(self) -> list[str]:
-        return self._sorted
-
     def index_lookup(self, name: str, values: list[Any]) -> set[str] | None:
         if name == self.primary_id:
             return {str(v).lower() for v in values}
         return None
-
-    def row_id(self, row: dict[str, Any]) -> str:
-        return row[self.primary_id]
 
     def check_select(self, names: list[str]) -> None:
         for name in names:

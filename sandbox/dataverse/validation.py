@@ -229,10 +229,7 @@ def validate_payload(
             attr, targets = nav
             _check_writable(attr, mode, op, system_fields)
             if value is None:
-                if attr.required_level == "SystemRequired":
-                    raise errors.bad_request(
-                        f"Attribute '{attr.logical}' cannot be set to NULL", code=errors.INVALID_ARGUMENT
-                    )
+                _check_nullable(attr)
                 changes[attr.logical] = None
                 continue
             target_set, target_logical, target_id = _parse_bind(name, value, targets)
@@ -264,14 +261,16 @@ def validate_payload(
             raise errors.undeclared_property(key, LEAD_TYPE)
         _check_writable(attr, mode, op, system_fields)
         if value is None:
-            if attr.required_level == "SystemRequired":
-                raise errors.bad_request(
-                    f"Attribute '{attr.logical}' cannot be set to NULL", code=errors.INVALID_ARGUMENT
-                )
+            _check_nullable(attr)
             changes[attr.logical] = None
             continue
         changes[attr.logical] = check_value(attr, value)
     return changes
+
+
+def _check_nullable(attr: AttributeDef) -> None:
+    if attr.required_level == "SystemRequired":
+        raise errors.bad_request(f"Attribute '{attr.logical}' cannot be set to NULL", code=errors.INVALID_ARGUMENT)
 
 
 def _check_writable(attr: AttributeDef, mode: str, op: str, system_fields: bool) -> None:

@@ -96,6 +96,37 @@ def _path_id(request: web.Request, name: str = "id") -> int:
     return int(raw)
 
 
+def _catalog_collection(attr: str, render: Callable[..., Any], *, with_catalog: bool = False) -> Handler:
+    """A handler for a whole set-up map ``Catalog.<attr>`` (keyed by ID) as an ID-keyed collection.
+
+    ``render(item)``, or ``render(item, catalog)`` with ``with_catalog``, gives one item's JSON.
+    """
+
+    async def handler(request: web.Request) -> web.Response:
+        cat = _store(request).ds.catalog
+        items = getattr(cat, attr)
+        extra = (cat,) if with_catalog else ()
+        return _json(request, {str(key): render(item, *extra) for key, item in items.items()}, len(items))
+
+    return handler
+
+
+def _catalog_item(
+    attr: str, render: Callable[..., Any], not_found: str, *, param: str = "id", with_catalog: bool = False
+) -> Handler:
+    """A handler for one item of ``Catalog.<attr>`` by the path ID ``param``; ``404 <not_found>`` if absent."""
+
+    async def handler(request: web.Request) -> web.Response:
+        cat = _store(request).ds.catalog
+        item = getattr(cat, attr).get(_path_id(request, param))
+        if item is None:
+            raise NotFound(not_found)
+        extra = (cat,) if with_catalog else ()
+        return _json(request, render(item, *extra))
+
+    return handler
+
+
 @web.middleware
 async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
@@ -271,28 +302,10 @@ async def applicant_empty(request: web.Request) -> web.Response:
     return _json(request, {}, 0)
 
 
-async def consent_definitions(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    return _json(request, {str(c.id): R.consent_definition(c) for c in cat.consents.values()}, len(cat.consents))
-
-
-async def consent_definition(request: web.Request) -> web.Response:
-    c = _store(request).ds.catalog.consents.get(_path_id(request, "cid"))
-    if c is None:
-        raise NotFound("Consent not found")
-    return _json(request, R.consent_definition(c))
-
-
-async def trackers(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    return _json(request, {str(t.id): R.tracker(t) for t in cat.trackers.values()}, len(cat.trackers))
-
-
-async def tracker(request: web.Request) -> web.Response:
-    t = _store(request).ds.catalog.trackers.get(_path_id(request, "tid"))
-    if t is None:
-        raise NotFound("Tracker not found")
-    return _json(request, R.tracker(t))
+consent_definitions = _catalog_collection("consents", R.consent_definition)
+consent_definition = _catalog_item("consents", R.consent_definition, "Consent not found", param="cid")
+trackers = _catalog_collection("trackers", R.tracker)
+tracker = _catalog_item("trackers", R.tracker, "Tracker not found", param="tid")
 
 
 # -- applications ----------------------------------------------------------------------------
@@ -410,21 +423,9 @@ async def application_empty(request: web.Request) -> web.Response:
     return _json(request, {}, 0)
 
 
-async def application_statuses(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    return _json(request, {str(s.id): R.status(s) for s in cat.statuses.values()}, len(cat.statuses))
-
-
-async def offer_types(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    return _json(request, {str(t.id): R.offer_type(t) for t in cat.offer_types.values()}, len(cat.offer_types))
-
-
-async def offer_type(request: web.Request) -> web.Response:
-    t = _store(request).ds.catalog.offer_types.get(_path_id(request, "tid"))
-    if t is None:
-        raise NotFound("Offer type not found")
-    return _json(request, R.offer_type(t))
+application_statuses = _catalog_collection("statuses", R.status)
+offer_types = _catalog_collection("offer_types", R.offer_type)
+offer_type = _catalog_item("offer_types", R.offer_type, "Offer type not found", param="tid")
 
 
 # -- set-up ------------------------------------------------------------------------------------
@@ -454,73 +455,17 @@ async def courses(request: web.Request) -> web.Response:
     return _json(request, {str(c.id): R.course(c, cat) for c in found}, len(found))
 
 
-async def course(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    c = cat.courses.get(_path_id(request))
-    if c is None:
-        raise NotFound("Course not found")
-    return _json(request, R.course(c, cat))
-
-
-async def academic_terms(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    return _json(request, {str(t.id): R.academic_term(t) for t in cat.terms.values()}, len(cat.terms))
-
-
-async def academic_term(request: web.Request) -> web.Response:
-    t = _store(request).ds.catalog.terms.get(_path_id(request))
-    if t is None:
-        raise NotFound("Academic term not found")
-    return _json(request, R.academic_term(t))
-
-
-async def term_types(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    return _json(request, {str(t.id): R.term_type(t) for t in cat.term_types.values()}, len(cat.term_types))
-
-
-async def term_type(request: web.Request) -> web.Response:
-    t = _store(request).ds.catalog.term_types.get(_path_id(request))
-    if t is None:
-        raise NotFound("Academic term type not found")
-    return _json(request, R.term_type(t))
-
-
-async def academic_years(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    return _json(request, {str(y.year): R.academic_year(y) for y in cat.years.values()}, len(cat.years))
-
-
-async def academic_year(request: web.Request) -> web.Response:
-    y = _store(request).ds.catalog.years.get(_path_id(request))
-    if y is None:
-        raise NotFound("Academic year not found")
-    return _json(request, R.academic_year(y))
-
-
-async def intakes(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    return _json(request, {str(i.id): R.intake(i, cat) for i in cat.intakes.values()}, len(cat.intakes))
-
-
-async def intake(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    i = cat.intakes.get(_path_id(request))
-    if i is None:
-        raise NotFound("Intake not found")
-    return _json(request, R.intake(i, cat))
-
-
-async def institutions(request: web.Request) -> web.Response:
-    cat = _store(request).ds.catalog
-    return _json(request, {str(i.id): R.institution(i) for i in cat.institutions.values()}, len(cat.institutions))
-
-
-async def institution(request: web.Request) -> web.Response:
-    i = _store(request).ds.catalog.institutions.get(_path_id(request))
-    if i is None:
-        raise NotFound("Institution not found")
-    return _json(request, R.institution(i))
+course = _catalog_item("courses", R.course, "Course not found", with_catalog=True)
+academic_terms = _catalog_collection("terms", R.academic_term)
+academic_term = _catalog_item("terms", R.academic_term, "Academic term not found")
+term_types = _catalog_collection("term_types", R.term_type)
+term_type = _catalog_item("term_types", R.term_type, "Academic term type not found")
+academic_years = _catalog_collection("years", R.academic_year)
+academic_year = _catalog_item("years", R.academic_year, "Academic year not found")
+intakes = _catalog_collection("intakes", R.intake, with_catalog=True)
+intake = _catalog_item("intakes", R.intake, "Intake not found", with_catalog=True)
+institutions = _catalog_collection("institutions", R.institution)
+institution = _catalog_item("institutions", R.institution, "Institution not found")
 
 
 # -- change detection --------------------------------------------------------------------------

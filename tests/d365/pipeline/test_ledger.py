@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from d365.pipeline.identity import instance_key, lead_id_for
-from d365.pipeline.ledger import Ledger, LeadState, LedgerUpdate
+from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate
 
 INSTANCE = "apply.example.edu"
 

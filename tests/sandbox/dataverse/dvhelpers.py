@@ -11,6 +11,30 @@ import requests
 from sandbox import Sandbox
 from sandbox.client import VerifiedSession
 
+ODATA_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
+
+
+def acquire_token(sb: Sandbox) -> str:
+    """An app-only access token for the sandbox org, from MSAL over verified TLS."""
+    app = msal.ConfidentialClientApplication(
+        sb.config.client_id,
+        client_credential=sb.config.client_secret,
+        authority=sb.endpoints.authority,
+        validate_authority=False,
+        instance_discovery=False,
+        http_client=VerifiedSession(sb.ca_path),
+    )
+    result = app.acquire_token_for_client(scopes=[sb.endpoints.org_url + "/.default"])
+    assert "access_token" in result, result
+    return result["access_token"]
+
+
+def authed_session(sb: Sandbox) -> VerifiedSession:
+    """A verified session that sends a fresh bearer token and the OData headers on every request."""
+    http = VerifiedSession(sb.ca_path)
+    http.headers.update({"Authorization": f"Bearer {acquire_token(sb)}", **ODATA_HEADERS})
+    return http
+
 
 class WebApi:
     """A thin Dataverse client for tests: base URL, bearer token, JSON helpers."""
@@ -19,25 +43,10 @@ class WebApi:
         self.sb = sb
         self.base = sb.endpoints.web_api_url
         self.http = VerifiedSession(sb.ca_path)
-        app = msal.ConfidentialClientApplication(
-            sb.config.client_id,
-            client_credential=sb.config.client_secret,
-            authority=sb.endpoints.authority,
-            validate_authority=False,
-            instance_discovery=False,
-            http_client=VerifiedSession(sb.ca_path),
-        )
-        result = app.acquire_token_for_client(scopes=[sb.endpoints.org_url + "/.default"])
-        assert "access_token" in result, result
-        self.token = result["access_token"]
+        self.token = acquire_token(sb)
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        h = {
-            "Authorization": f"Bearer {self.token}",
-            "Accept": "application/json",
-            "OData-MaxVersion": "4.0",
-            "OData-Version": "4.0",
-        }
+        h = {"Authorization": f"Bearer {self.token}", **ODATA_HEADERS}
         h.update(extra or {})
         return h
 

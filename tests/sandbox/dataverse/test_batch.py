@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-import msal
 import pytest
 import requests
+from dvhelpers import authed_session
 
-from sandbox.client import SandboxClient, VerifiedSession
+from sandbox.client import SandboxClient
 from sandbox.dataverse.batch import (
     MAX_OPERATIONS,
     BatchExecutor,
@@ -460,26 +460,7 @@ def test_outer_mscrm_headers_are_inherited_unless_the_part_overrides() -> None:
 @pytest.fixture(scope="module")
 def web(sandbox: Any) -> Any:
     """(session, web API URL, admin client) for the shared sandbox, with an MSAL token."""
-    cfg = sandbox.config
-    app = msal.ConfidentialClientApplication(
-        cfg.client_id,
-        client_credential=cfg.client_secret,
-        authority=sandbox.endpoints.authority,
-        validate_authority=False,
-        instance_discovery=False,
-        http_client=VerifiedSession(sandbox.ca_path),
-    )
-    token = app.acquire_token_for_client(scopes=[sandbox.endpoints.org_url + "/.default"])
-    assert "access_token" in token, token
-    http = VerifiedSession(sandbox.ca_path)
-    http.headers.update(
-        {
-            "Authorization": f"Bearer {token['access_token']}",
-            "Accept": "application/json",
-            "OData-MaxVersion": "4.0",
-            "OData-Version": "4.0",
-        }
-    )
+    http = authed_session(sandbox)
     return SimpleNamespace(http=http, api=sandbox.endpoints.web_api_url, admin=SandboxClient(sandbox.info()))
 
 

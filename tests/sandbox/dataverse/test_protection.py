@@ -12,9 +12,9 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-import msal
 import pytest
 import requests
+from dvhelpers import authed_session
 
 from sandbox import Sandbox, ServiceProtectionLimits
 from sandbox.client import VerifiedSession
@@ -122,30 +122,6 @@ def test_set_limits_replaces_the_limits() -> None:
 # -- over the wire ------------------------------------------------------------------------------
 
 
-def _session(sb: Sandbox) -> VerifiedSession:
-    cfg = sb.config
-    app = msal.ConfidentialClientApplication(
-        cfg.client_id,
-        client_credential=cfg.client_secret,
-        authority=sb.endpoints.authority,
-        validate_authority=False,
-        instance_discovery=False,
-        http_client=VerifiedSession(sb.ca_path),
-    )
-    result = app.acquire_token_for_client(scopes=[sb.endpoints.org_url + "/.default"])
-    assert "access_token" in result, result
-    http = VerifiedSession(sb.ca_path)
-    http.headers.update(
-        {
-            "Authorization": f"Bearer {result['access_token']}",
-            "Accept": "application/json",
-            "OData-MaxVersion": "4.0",
-            "OData-Version": "4.0",
-        }
-    )
-    return http
-
-
 def _whoami(sb: Sandbox) -> str:
     return f"{sb.endpoints.web_api_url}/WhoAmI"
 
@@ -156,7 +132,7 @@ def _error_code(r: requests.Response) -> str:
 
 def test_headers_on_every_response(make_sandbox: Any) -> None:
     sb, _ = make_sandbox(applicants=5)
-    http = _session(sb)
+    http = authed_session(sb)
     first = http.get(_whoami(sb))
     second = http.get(_whoami(sb))
     missing = http.get(f"{sb.endpoints.web_api_url}/leads(00000000-0000-0000-0000-000000000001)")
@@ -174,7 +150,7 @@ def test_headers_on_every_response(make_sandbox: Any) -> None:
 def test_request_limit_penalty_extension_and_recovery(make_sandbox: Any) -> None:
     limits = ServiceProtectionLimits(window_seconds=2, max_requests=5, retry_after_seconds=1, retry_after_max_seconds=3)
     sb, admin = make_sandbox(applicants=5, limits=limits)
-    http = _session(sb)
+    http = authed_session(sb)
     assert [http.get(_whoami(sb)).status_code for _ in range(5)] == [200] * 5
     throttled = http.get(_whoami(sb))
     assert throttled.status_code == 429
@@ -206,7 +182,7 @@ def test_request_limit_penalty_extension_and_recovery(make_sandbox: Any) -> None
 def test_execution_time_limit(make_sandbox: Any) -> None:
     limits = ServiceProtectionLimits(window_seconds=3, max_execution_ms=500, retry_after_seconds=1)
     sb, _ = make_sandbox(applicants=5, operation_ms=200, limits=limits)
-    http = _session(sb)
+    http = authed_session(sb)
     started = time.monotonic()
     statuses = [http.get(_whoami(sb)).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
@@ -224,7 +200,7 @@ def test_concurrency_limit(make_sandbox: Any) -> None:
         window_seconds=5, max_concurrent=2, retry_after_seconds=1, retry_after_max_seconds=2
     )
     sb, _ = make_sandbox(applicants=5, request_latency_ms=700, limits=limits)
-    sessions = [_session(sb) for _ in range(6)]
+    sessions = [authed_session(sb) for _ in range(6)]
     barrier = threading.Barrier(len(sessions))
     results: list[requests.Response] = []
     lock = threading.Lock()
@@ -253,7 +229,7 @@ def test_concurrency_limit(make_sandbox: Any) -> None:
 
 def test_fault_injected_429_is_enforced_as_a_penalty(make_sandbox: Any) -> None:
     sb, admin = make_sandbox(applicants=5)
-    http = _session(sb)
+    http = authed_session(sb)
     assert http.get(_whoami(sb)).status_code == 200
     admin.add_fault(kind="status", status=429, server="dataverse", nth=1, retry_after=2)
     injected = http.get(_whoami(sb))
@@ -269,7 +245,7 @@ def test_fault_injected_429_is_enforced_as_a_penalty(make_sandbox: Any) -> None:
 def test_batch_is_one_request_but_accrues_all_operations(make_sandbox: Any) -> None:
     limits = ServiceProtectionLimits(window_seconds=5, max_requests=3)
     sb, admin = make_sandbox(applicants=5, operation_ms=100, limits=limits)
-    http = _session(sb)
+    http = authed_session(sb)
     boundary = "batch_protection"
     part = f"--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
     body = "".join(f"{part}GET /api/data/v9.2/WhoAmI HTTP/1.1\r\n\r\n\r\n" for _ in range(4)) + f"--{boundary}--\r\n"

@@ -6,28 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from dahelpers import DA
 
 from sandbox import Sandbox
 from sandbox.client import VerifiedSession
 from sandbox.data.journal import APPLICANT_REGISTERED, APPLICATION_CREATED, APPLICATION_SUBMITTED, OFFER_EDITED
-
-
-class DA:
-    def __init__(self, sb: Sandbox) -> None:
-        self.api = sb.endpoints.dreamapply_api_url
-        self.http = VerifiedSession(sb.ca_path)
-        self.http.headers["Authorization"] = f'DREAM apikey="{sb.config.dreamapply_api_key}"'
-
-    def get(self, path: str, **params: Any):
-        return self.http.get(self.api + path, params=params)
-
-    def head(self, path: str, **params: Any):
-        return self.http.head(self.api + path, params=params)
-
-    def json(self, path: str, **params: Any) -> Any:
-        r = self.get(path, **params)
-        assert r.status_code == 200, r.text
-        return r.json()
 
 
 @pytest.fixture(scope="module")
