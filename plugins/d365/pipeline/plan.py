@@ -1,0 +1,159 @@
+"""Decide, per mapped applicant, what the load must do: create, update, adopt, or nothing.
+
+Inputs are the mapped leads, the ledger and what Dynamics already holds for applicants the ledger does
+not know (leads carrying the applicant's id in the alternate-key column, or an existing lead with the
+same email). The rules, in order:
+
+1. The ledger says the lead already holds this exact payload (same hash) → ``unchanged`` (no request).
+2. The ledger knows the lead id → ``update`` (unless automatic updates are off and the applicant was not
+   explicitly requested → ``updates_off``).
+3. Dynamics has a lead with this applicant's id in the key column → ``update`` of that lead.
+4. Dynamics has a lead with the same email (DreamApply's own matching rule) that belongs to no other
+   applicant → ``adopt`` it (update it with the mapping; its owner is kept).
+5. Otherwise → ``create`` with the deterministic lead id (``identity.lead_id_for``), owned by the contact
+   owner; new applicants are only sent when ``send_all_new`` is on or they were requested.
+
+Every write is ``PATCH leads(<id>)``, an upsert, so replaying a plan after a crash is harmless.
+Two applicants sharing one email never share a lead: only the lowest applicant id may adopt it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from d365.pipeline.identity import lead_id_for
+from d365.pipeline.ledger import LeadState, LedgerEntry
+
+CREATE = "create"
+UPDATE = "update"
+ADOPT = "adopt"
+UNCHANGED = "unchanged"
+NOT_SELECTED = "not_selected"  # new applicant, send_all_new off, not requested
+UPDATES_OFF = "updates_off"  # known lead, automatic updates off, not requested
+WRITES = (CREATE, UPDATE, ADOPT)
+
+
+@dataclass
+class MappedLead:
+    """One applicant's lead payload as computed by ``mapping`` (what the transform step writes)."""
+
+    applicant_id: int
+    payload: dict[str, Any]
+    payload_hash: str
+    email: str | None = None
+
+
+@dataclass
+class ExistingLead:
+    lead_id: str
+    applicant_key: str | None = None  # value of the alternate-key column, if any
+    email: str | None = None
+    createdon: str | None = None
+
+
+@dataclass
+class Operation:
+    applicant_id: int
+    action: str
+    lead_id: str | None
+    payload_hash: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    adopted: bool = False
+    set_owner: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Operation:
+        return cls(**data)
+
+
+def needs_lookup(mapped: Iterable[MappedLead], entries: Mapping[int, LedgerEntry]) -> list[MappedLead]:
+    """The applicants whose lead the ledger cannot name: only these cost Dynamics lookups."""
+    return [m for m in mapped if (e := entries.get(m.applicant_id)) is None or not e.lead_id]
+
+
+def plan_operations(
+    mapped: Iterable[MappedLead],
+    entries: Mapping[int, LedgerEntry],
+    *,
+    instance: str,
+    by_applicant_key: Mapping[str, ExistingLead] | None = None,
+    by_email: Mapping[str, list[ExistingLead]] | None = None,
+    send_all_new: bool = True,
+    automatic_updates: bool = True,
+    adopt_by_email: bool = True,
+    requested: Iterable[int] = (),
+    force: bool = False,
+) -> list[Operation]:
+    by_applicant_key = by_applicant_key or {}
+    by_email = by_email or {}
+    requested_ids = {int(i) for i in requested}
+    claimed: set[str] = set()
+    ops: list[Operation] = []
+    for m in sorted(mapped, key=lambda x: x.applicant_id):
+        aid = m.applicant_id
+        entry = entries.get(aid)
+        asked = aid in requested_ids
+        known_id = entry.lead_id if entry is not None else None
+        if known_id:
+            if (
+                not force
+                and entry is not None
+                and entry.state is LeadState.SENT
+                and entry.payload_hash == m.payload_hash
+            ):
+                ops.append(Operation(aid, UNCHANGED, known_id, m.payload_hash))
+                continue
+            action = UPDATE if (automatic_updates or asked) else UPDATES_OFF
+            ops.append(_op(aid, action, known_id, m, adopted=bool(entry and entry.adopted)))
+            claimed.add(known_id)
+            continue
+        if not (send_all_new or asked):
+            ops.append(Operation(aid, NOT_SELECTED, None, m.payload_hash))
+            continue
+        own = by_applicant_key.get(str(aid))
+        if own is not None and own.lead_id not in claimed:
+            claimed.add(own.lead_id)
+            ops.append(_op(aid, UPDATE, own.lead_id, m))
+            continue
+        adoptable = _adoptable(m, by_email, claimed) if adopt_by_email else None
+        if adoptable is not None:
+            claimed.add(adoptable.lead_id)
+            ops.append(_op(aid, ADOPT, adoptable.lead_id, m, adopted=True))
+            continue
+        lead_id = lead_id_for(instance, aid)
+        claimed.add(lead_id)
+        ops.append(_op(aid, CREATE, lead_id, m, set_owner=True))
+    return ops
+
+
+def _op(
+    aid: int, action: str, lead_id: str, m: MappedLead, *, adopted: bool = False, set_owner: bool = False
+) -> Operation:
+    payload = dict(m.payload) if action in WRITES else {}
+    return Operation(aid, action, lead_id, m.payload_hash, payload, adopted=adopted, set_owner=set_owner)
+
+
+def _adoptable(m: MappedLead, by_email: Mapping[str, list[ExistingLead]], claimed: set[str]) -> ExistingLead | None:
+    if not m.email:
+        return None
+    candidates = [
+        lead
+        for lead in by_email.get(m.email.strip().lower(), [])
+        if lead.lead_id not in claimed and lead.applicant_key in (None, "", str(m.applicant_id))
+    ]
+    if not candidates:
+        return None
+    # The oldest matching lead is the one people have been working with.
+    return min(candidates, key=lambda lead: (lead.createdon or "", lead.lead_id))
+
+
+def summarize(ops: Iterable[Operation]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op.action] = counts.get(op.action, 0) + 1
+    return counts
