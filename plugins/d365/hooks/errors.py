@@ -101,3 +101,70 @@ class DreamApplyAuthError(DreamApplyError):
     @property
     def retryable(self) -> bool:
         return False
+
+
+# -- Dynamics 365: response → typed error ---------------------------------------------------
+DUPLICATE_DETECTED = "0x80040333"  # 500: rule-based duplicate detection hit (not transient)
+
+
+def parse_retry_after(value: str | None, default: float) -> float:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); ``default`` when absent/garbled."""
+    if not value:
+        return default
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return default
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def parse_odata_error(body: object) -> tuple[str, str]:
+    """(code, message) from ``{"error": {"code", "message"}}``; empty strings when the body has another shape."""
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return str(error.get("code") or ""), str(error.get("message") or "")
+    return "", ""
+
+
+def dynamics_error_from_response(
+    status: int,
+    headers: dict[str, str] | None,
+    body: object,
+    *,
+    method: str | None = None,
+    path: str | None = None,
+    record: str | None = None,
+    default_retry_after: float = 5.0,
+) -> DynamicsError:
+    """Map one Dataverse error answer (a plain response or a ``$batch`` part) to its typed error.
+
+    ``body`` is the parsed JSON (or None / raw text). ``path`` must already be free of the query string.
+    """
+    code, message = parse_odata_error(body)
+    if not message:
+        message = f"HTTP {status} without an OData error body"
+    kwargs: dict[str, object] = {"status": status, "code": code, "method": method, "path": path, "record": record}
+    lower = {k.lower(): v for k, v in (headers or {}).items()}
+    if status == 429:
+        retry_after = parse_retry_after(lower.get("retry-after"), default_retry_after)
+        return DynamicsThrottled(message, retry_after=retry_after, **kwargs)
+    if status in (401, 403):
+        return DynamicsAuthError(message, **kwargs)  # type: ignore[arg-type]
+    if status == 404:
+        return DynamicsNotFound(message, **kwargs)  # type: ignore[arg-type]
+    if status == 412 or (status == 500 and code.lower() == DUPLICATE_DETECTED):
+        return DynamicsConflict(message, **kwargs)  # type: ignore[arg-type]
+    if status == 400:
+        return DynamicsValidationError(message, **kwargs)  # type: ignore[arg-type]
+    return DynamicsError(message, **kwargs)  # type: ignore[arg-type]
