@@ -43,7 +43,6 @@ MICROSOFT_LOGIN_HOSTS = frozenset(
 )
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 
-_CHALLENGE_PARAM_RE = r"""{name}\s*=\s*(?:"([^"]*)"|([^",\s]+))"""
 _AADSTS_RE = re.compile(r"AADSTS(\d+)")
 
 

@@ -1,0 +1,359 @@
+"""DynamicsHook against the sandbox Dataverse: real HTTP over verified TLS, faults injected server-side."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from d365.hooks.dynamics import DynamicsHook, entity_path, key_segment, odata_literal
+from d365.hooks.errors import (
+    DynamicsConflict,
+    DynamicsError,
+    DynamicsNotFound,
+    DynamicsThrottled,
+    DynamicsValidationError,
+)
+
+from sandbox import Sandbox
+from sandbox.client import SandboxClient
+
+API_ROOT = "/api/data/v9.2/"
+Private = Callable[..., tuple[DynamicsHook, SandboxClient]]
+
+
+def admin(sandbox: Sandbox) -> SandboxClient:
+    return SandboxClient(sandbox.info())
+
+
+def stored(client: SandboxClient, applicant_id: str) -> list[dict[str, Any]]:
+    return client.get("/dataverse/leads", applicant_id=applicant_id)
+
+
+def header(entry: dict[str, Any], name: str) -> str | None:
+    return {k.lower(): v for k, v in entry["headers"].items()}.get(name.lower())
+
+
+@pytest.fixture
+def hook(dynamics_hook: DynamicsHook) -> DynamicsHook:
+    """The shared-sandbox hook from conftest, under a short local name."""
+    return dynamics_hook
+
+
+@pytest.fixture
+def uid(dynamics_uid: str) -> str:
+    return dynamics_uid
+
+
+# -- helpers (pure) ----------------------------------------------------------------------------------------
+def test_key_and_literal_formatting() -> None:
+    guid = "0F8FAD5B-D9CB-469F-A165-70867728950E"
+    assert key_segment(guid) == "(0f8fad5b-d9cb-469f-a165-70867728950e)"
+    assert key_segment("{" + guid + "}") == "(0f8fad5b-d9cb-469f-a165-70867728950e)"
+    assert entity_path("leads", {"uni_ApplicantId": "O'Brien"}) == "leads(uni_applicantid='O''Brien')"
+    assert key_segment({"uni_applicantid": "a b/ü"}) == "(uni_applicantid='a%20b%2F%C3%BC')"
+    assert key_segment({"k1": 2, "k2": "x"}) == "(k1=2,k2='x')"
+    assert odata_literal("it's") == "'it''s'" and odata_literal(True) == "true" and odata_literal(None) == "null"
+    with pytest.raises(ValueError):
+        key_segment("A-123")
+    with pytest.raises(ValueError):
+        key_segment({"uni_applicantid": None})
+
+
+def test_hook_identity_and_lazy_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_DYNAMICS365_DEFAULT", raising=False)
+    hook = DynamicsHook(timeout=5, max_retries=2)  # no connection needed until first use
+    assert (hook.conn_name_attr, hook.default_conn_name, hook.conn_type, hook.hook_name) == (
+        "dynamics365_conn_id",
+        "dynamics365_default",
+        "dynamics365",
+        "Dynamics 365",
+    )
+    assert hook.dynamics365_conn_id == "dynamics365_default" and hook.timeout == 5 and hook.max_retries == 2
+
+
+# -- identity, metadata, users ---------------------------------------------------------------------------
+def test_whoami_dop_hint_and_standard_headers(hook: DynamicsHook, sandbox: Sandbox) -> None:
+    client = admin(sandbox)
+    who = hook.whoami()
+    seq = client.last_seq()
+    assert who["UserId"] == hook.whoami()["UserId"]
+    assert hook.dop_hint == 48
+    (entry,) = client.requests(server="dataverse", since=seq)
+    assert header(entry, "OData-Version") == "4.0" and header(entry, "OData-MaxVersion") == "4.0"
+    assert header(entry, "Accept") == "application/json"
+    assert header(entry, "If-None-Match") == "null"
+
+
+def test_entity_metadata(hook: DynamicsHook) -> None:
+    md = hook.get_entity_metadata("lead")
+    assert (md.logical_name, md.entity_set_name, md.primary_id) == ("lead", "leads", "leadid")
+    lastname = md.attributes["lastname"]
+    assert (lastname.type, lastname.max_length, lastname.required_level) == ("String", 50, "ApplicationRequired")
+    assert md.attributes["emailaddress1"].format == "Email"
+    assert md.attributes["description"].type == "Memo" and md.attributes["description"].max_length
+    assert md.attributes["leadsourcecode"].options[8] == "Web"
+    assert md.attributes["leadsourcecode"].options[1] == "Advertisement"
+    stage = md.attributes["uni_leadstage"]
+    assert stage.type == "Picklist" and stage.options and min(stage.options) >= 727000000
+    assert "Registered" in stage.options.values()
+    assert md.attributes["statecode"].valid_for_create is False
+    assert md.attributes["statecode"].options == {0: "Open", 1: "Qualified", 2: "Disqualified"}
+    assert md.attributes["statuscode"].options[1] == "New"
+    assert md.attributes["fullname"].valid_for_create is False
+    assert any(a.type == "Boolean" and a.options and set(a.options) == {0, 1} for a in md.attributes.values())
+    keys = hook.alternate_keys("lead")
+    assert ("uni_applicantid_key", ["uni_applicantid"], "Active") in keys
+
+
+def test_systemuser_lookup(hook: DynamicsHook) -> None:
+    by_email = hook.find_systemuser(email="daniel.obrien@university.example")
+    assert by_email is not None and by_email["fullname"] == "Daniel O'Brien"
+    by_domain = hook.find_systemuser(domainname="daniel.obrien@university.example")
+    assert by_domain is not None and by_domain["systemuserid"] == by_email["systemuserid"]
+    by_id = hook.find_systemuser(user_id=by_email["systemuserid"].upper())
+    assert by_id is not None and by_id["internalemailaddress"] == "daniel.obrien@university.example"
+    disabled = hook.find_systemuser(email="frank.meyer@university.example")
+    assert disabled is not None and disabled["isdisabled"] is True
+    assert hook.find_systemuser(email="nobody'here@university.example") is None
+    # string literals are escaped: an apostrophe in a filter value works
+    literal = odata_literal("Daniel O'Brien")
+    assert literal == "'Daniel O''Brien'"
+    named = hook.list_systemusers(filter=f"fullname eq {literal}")
+    assert [u["systemuserid"] for u in named] == [by_email["systemuserid"]]
+    enabled = hook.list_systemusers(filter="isdisabled eq false and accessmode eq 0 and applicationid eq null")
+    assert enabled and all(not u["isdisabled"] and u["applicationid"] is None for u in enabled)
+    with pytest.raises(ValueError):
+        hook.find_systemuser()
+
+
+# -- writes ----------------------------------------------------------------------------------------------
+def test_upsert_by_alternate_key_create_then_update(hook: DynamicsHook, sandbox: Sandbox, uid: str) -> None:
+    client = admin(sandbox)
+    applicant = f"O'Brien-{uid}"
+    key = {"uni_applicantid": applicant}
+    # The key column in the payload is stripped (Dataverse would prefer a body value over the URL's on create).
+    first = hook.upsert(
+        "leads",
+        key,
+        {"lastname": "O'Brien", "subject": "Applicant", "uni_applicantid": "WRONG"},
+        record=applicant,
+        return_representation=True,
+    )
+    assert (first.status, first.created) == (201, True)
+    assert first.entity_id and first.etag
+    second = hook.upsert("leads", key, {"firstname": "Siobhán"}, return_representation=True)
+    assert (second.status, second.created, second.entity_id) == (200, False, first.entity_id)
+    assert second.etag != first.etag
+    plain = hook.upsert("leads", key, {"firstname": "Siobhán"})
+    assert (plain.status, plain.created) == (204, None)
+    rows = stored(client, applicant)
+    assert len(rows) == 1
+    assert (rows[0]["uni_applicantid"], rows[0]["lastname"], rows[0]["firstname"]) == (applicant, "O'Brien", "Siobhán")
+    again = hook.retrieve("leads", key, select=["lastname", "uni_applicantid"])
+    assert again is not None and again["uni_applicantid"] == applicant
+    assert hook.retrieve("leads", {"uni_applicantid": f"missing-{uid}"}) is None
+
+
+def test_upsert_by_guid_and_conditional_headers(hook: DynamicsHook, uid: str) -> None:
+    guid = str(uuid.uuid4())
+    created = hook.upsert(
+        "leads", guid, {"lastname": "Guid", "subject": "s", "uni_applicantid": f"G-{uid}"}, return_representation=True
+    )
+    assert (created.status, created.created, created.entity_id) == (201, True, guid)
+    updated = hook.upsert("leads", guid, {"firstname": "Ann"})
+    assert (updated.status, updated.entity_id) == (204, guid)
+    with pytest.raises(DynamicsConflict) as conflict:  # create-only on an existing row
+        hook.upsert("leads", guid, {"firstname": "Bob"}, if_none_match="*", record=f"G-{uid}")
+    assert conflict.value.status == 412 and conflict.value.record == f"G-{uid}"
+    with pytest.raises(DynamicsNotFound):  # update-only on a missing row
+        hook.upsert("leads", str(uuid.uuid4()), {"firstname": "Bob"}, if_match="*")
+
+
+def test_validation_error_is_typed(hook: DynamicsHook, uid: str) -> None:
+    applicant = f"V-{uid}"
+    with pytest.raises(DynamicsValidationError) as caught:
+        hook.upsert("leads", {"uni_applicantid": applicant}, {"firstname": "x" * 60, "lastname": "L"}, record=applicant)
+    err = caught.value
+    assert (err.status, err.code, err.record, err.method) == (400, "0x80044331", applicant, "PATCH")
+    assert err.path == f"{API_ROOT}leads(uni_applicantid='{applicant}')"
+    assert "firstname" in err.message and "?" not in err.path
+    assert not err.retryable
+
+
+def test_create_retrieve_delete(hook: DynamicsHook, uid: str) -> None:
+    lead_id = hook.create("leads", {"lastname": "Created", "subject": "s", "uni_applicantid": f"C-{uid}"})
+    assert lead_id
+    row = hook.retrieve("leads", lead_id, select=["lastname"])
+    assert row is not None and row["lastname"] == "Created"
+    assert hook.delete("leads", lead_id) is True
+    assert hook.delete("leads", lead_id) is False  # already gone: not an error
+    assert hook.retrieve("leads", lead_id) is None
+
+
+def test_query_pages_with_the_same_page_size(hook: DynamicsHook, sandbox: Sandbox, uid: str) -> None:
+    client = admin(sandbox)
+    client.post(
+        "/dataverse/leads",
+        [{"lastname": f"Page {i}", "subject": f"page-{uid}", "uni_applicantid": f"P-{uid}-{i}"} for i in range(20)],
+    )
+    hook.whoami()
+    seq = client.last_seq()
+    rows = list(hook.query("leads", select=["leadid", "lastname"], filter=f"subject eq 'page-{uid}'", page_size=7))
+    assert len(rows) == 20 and len({r["leadid"] for r in rows}) == 20
+    pages = client.requests(server="dataverse", since=seq)
+    assert len(pages) == 3
+    assert all(header(e, "Prefer") == "odata.maxpagesize=7" for e in pages)
+
+
+def test_parallel_upserts_from_threads(hook: DynamicsHook, sandbox: Sandbox, uid: str) -> None:
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(5):
+                hook.upsert("leads", {"uni_applicantid": f"T-{uid}-{n}-{i}"}, {"lastname": f"T{n}", "subject": "t"})
+        except BaseException as exc:
+            failures.append(exc)
+
+    hook.whoami()
+    before = hook.stats["requests"]
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert hook.stats["requests"] - before == 40
+    rows = admin(sandbox).get("/dataverse/leads")
+    assert len([r for r in rows if str(r.get("uni_applicantid")).startswith(f"T-{uid}-")]) == 40
+
+
+# -- retries ---------------------------------------------------------------------------------------------
+def test_429_waits_retry_after_then_succeeds(dynamics_private: Private) -> None:
+    hook, client = dynamics_private()
+    hook.whoami()
+    seq = client.last_seq()
+    client.add_fault(kind="status", status=429, retry_after=1, server="dataverse", nth=1)
+    assert hook.whoami()["UserId"]
+    throttled, ok = client.requests(server="dataverse", since=seq)
+    assert (throttled["status"], ok["status"]) == (429, 200)
+    assert ok["started"] - throttled["finished"] >= 1.0
+    assert hook.stats["throttled"] == 1 and hook.stats["retries"] == 1
+    assert hook.stats["throttle_wait_seconds"] >= 1.0
+
+
+def test_429_pauses_other_threads(dynamics_private: Private) -> None:
+    hook, client = dynamics_private()
+    hook.whoami()
+    seq = client.last_seq()
+    client.add_fault(kind="status", status=429, retry_after=1, server="dataverse", nth=1)
+    first = threading.Thread(target=hook.whoami)
+    first.start()
+    while hook.stats["throttled"] < 1 and first.is_alive():
+        threading.Event().wait(0.01)
+    second = threading.Thread(target=hook.whoami)  # another worker, started during the Retry-After
+    second.start()
+    first.join()
+    second.join()
+    throttled, *rest = client.requests(server="dataverse", since=seq)
+    assert throttled["status"] == 429 and [e["status"] for e in rest] == [200, 200]
+    assert all(e["started"] - throttled["finished"] >= 1.0 for e in rest)
+
+
+def test_429_on_create_is_retried_because_nothing_ran(dynamics_private: Private) -> None:
+    hook, client = dynamics_private()
+    hook.whoami()
+    client.add_fault(kind="status", status=429, retry_after=1, server="dataverse", method="POST", nth=1)
+    assert hook.create("leads", {"lastname": "Throttled", "subject": "s"})
+    assert len(client.get("/dataverse/leads")) == 1
+
+
+def test_503_is_retried_with_backoff(dynamics_private: Private) -> None:
+    hook, client = dynamics_private()
+    hook.whoami()
+    seq = client.last_seq()
+    client.add_fault(kind="status", status=503, server="dataverse", nth=1, times=2)
+    assert hook.whoami()["UserId"]
+    assert [e["status"] for e in client.requests(server="dataverse", since=seq)] == [503, 503, 200]
+    assert hook.stats["retries"] == 2 and hook.stats["throttled"] == 0
+
+
+def test_max_retries_bounds_attempts(dynamics_private: Private) -> None:
+    hook, client = dynamics_private(hook_kwargs={"max_retries": 2})
+    hook.whoami()
+    seq = client.last_seq()
+    client.add_fault(kind="status", status=503, server="dataverse", path="WhoAmI")
+    with pytest.raises(DynamicsError) as caught:
+        hook.whoami()
+    assert caught.value.status == 503 and caught.value.retryable
+    assert len(client.requests(server="dataverse", since=seq)) == 3
+
+
+def test_connection_reset_on_patch_is_retried(dynamics_private: Private) -> None:
+    hook, client = dynamics_private()
+    hook.whoami()
+    client.add_fault(kind="reset", server="dataverse", method="PATCH", nth=1)
+    result = hook.upsert("leads", {"uni_applicantid": "R-1"}, {"lastname": "Reset", "subject": "s"})
+    assert result.status == 204
+    assert hook.stats["retries"] == 1
+    assert len(stored(client, "R-1")) == 1
+
+
+def test_connection_reset_on_create_is_not_retried(dynamics_private: Private) -> None:
+    hook, client = dynamics_private()
+    hook.whoami()
+    seq = client.last_seq()
+    client.add_fault(kind="reset", server="dataverse", method="POST", nth=1)
+    with pytest.raises(DynamicsError) as caught:
+        hook.create("leads", {"lastname": "Once", "subject": "s"}, record="A-9")
+    assert caught.value.code == "ConnectionError" and caught.value.record == "A-9"
+    assert [e["method"] for e in client.requests(server="dataverse", since=seq)] == ["POST"]
+    assert hook.stats["retries"] == 0
+
+
+def test_503_on_create_is_not_retried(dynamics_private: Private) -> None:
+    hook, client = dynamics_private()
+    hook.whoami()
+    client.add_fault(kind="status", status=503, server="dataverse", method="POST", nth=1)
+    with pytest.raises(DynamicsError) as caught:
+        hook.create("leads", {"lastname": "Once", "subject": "s"})
+    assert caught.value.status == 503
+    assert hook.stats["retries"] == 0
+
+
+def test_timeout_on_get_is_retried(dynamics_private: Private) -> None:
+    hook, client = dynamics_private(hook_kwargs={"timeout": 0.5})
+    hook.whoami()
+    client.add_fault(kind="timeout", seconds=1.5, server="dataverse", path="WhoAmI", nth=1)
+    assert hook.whoami()["UserId"]
+    assert hook.stats["retries"] == 1
+
+
+def test_throttled_error_carries_retry_after(dynamics_private: Private) -> None:
+    hook, client = dynamics_private(hook_kwargs={"max_retries": 0})
+    hook.whoami()
+    client.add_fault(kind="status", status=429, retry_after=2, server="dataverse", nth=1)
+    with pytest.raises(DynamicsThrottled) as caught:
+        hook.whoami()
+    assert caught.value.retry_after == 2.0 and caught.value.code == "0x80072322"
+
+
+# -- picklist options ------------------------------------------------------------------------------------
+def test_insert_option_value_and_publish(dynamics_private: Private) -> None:
+    hook, client = dynamics_private()
+    before = hook.get_entity_metadata("lead").attributes["uni_programme"].options or {}
+    value = hook.insert_option_value("lead", "uni_programme", "MSc Quantum Ünicode's")
+    assert value not in before and value >= 727000000
+    explicit = hook.insert_option_value("lead", "uni_programme", "MA Fixed", value=max(before) + 100)
+    assert explicit == max(before) + 100
+    hook.publish_xml("lead")
+    after = hook.get_entity_metadata("lead", strong=True).attributes["uni_programme"].options or {}
+    assert after[value] == "MSc Quantum Ünicode's" and after[explicit] == "MA Fixed"
+    result = hook.upsert(
+        "leads", {"uni_applicantid": "OPT-1"}, {"lastname": "O", "subject": "s", "uni_programme": value}
+    )
+    assert result.status == 204
+    assert stored(client, "OPT-1")[0]["uni_programme"] == value
