@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
-from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate
+from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
 from d365.pipeline.plan import ADOPT, CREATE, WRITES, Operation
 from d365.pipeline.runfolder import RunFolder
 
@@ -28,7 +28,7 @@ class LoadLeadsOperator(BaseOperator):
 
     :param run_folder: URL of the run folder holding ``plan/operations.jsonl`` (templated)
     :param instance: the DreamApply instance key the ledger rows belong to (templated)
-    :param ledger_url: SQLAlchemy URL of the ledger (templated)
+    :param ledger_url: SQLAlchemy URL of the ledger (templated; default ``$D365_SYNC_LEDGER_URL`` or SQLite)
     :param dynamics365_conn_id: Airflow connection of the Dynamics 365 organization
     :param entity_set: Web API entity set of the lead table
     :param batch_size: operations per ``$batch`` request (each runs on its own: continue-on-error)
@@ -41,7 +41,7 @@ class LoadLeadsOperator(BaseOperator):
         *,
         run_folder: str,
         instance: str,
-        ledger_url: str,
+        ledger_url: str | None = None,
         dynamics365_conn_id: str = "dynamics365_default",
         entity_set: str = "leads",
         batch_size: int = 100,
@@ -63,7 +63,7 @@ class LoadLeadsOperator(BaseOperator):
         owner_id = meta.get("owner_id")
         run_id = context.get("run_id", None)
         writes = [op for op in map(Operation.from_json, folder.read_jsonl(PLAN_FILE)) if op.action in WRITES]
-        ledger = Ledger(self.ledger_url)
+        ledger = Ledger(self.ledger_url or default_ledger_url())
         try:
             pending = self._not_done_yet(ledger, writes)
             if len(pending) < len(writes):

@@ -286,3 +286,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+LEDGER_URL_ENV = "D365_SYNC_LEDGER_URL"
+
+
+def default_ledger_url() -> str:
+    """``$D365_SYNC_LEDGER_URL``, else a SQLite file beside Airflow's own (``$AIRFLOW_HOME/d365_ledger.db``)."""
+    import os
+    from pathlib import Path
+
+    url = os.environ.get(LEDGER_URL_ENV)
+    if url:
+        return url
+    home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'd365_ledger.db'}"

@@ -1,0 +1,125 @@
+"""DreamApply → Dynamics 365: new and changed applicants become leads, idempotently, every hour.
+
+preflight → extract → transform → plan → load → commit → report
+
+- preflight: token, WhoAmI, the mapping against the live lead metadata, the contact owner; nothing is
+  extracted or written when the configuration is wrong.
+- extract: new applicants (ID cursor), changes (journal cursor), failed ones to retry; bulk endpoints.
+- transform: consent gate and the mapping (include/mappings/settings.yaml) per applicant.
+- plan: create / update / adopt-by-email / unchanged against the ledger.
+- load: ``$batch`` upserts by deterministic lead id (a re-run never duplicates a lead).
+- commit: cursors advance only after the load succeeded.
+- report: created / updated / unchanged / skipped for consent / quarantined / failed, in the log,
+  ``report.json`` in the run folder and the DAG run note (runs even when the load failed).
+
+Params: ``full_resync`` (re-send everyone), ``applicant_ids`` (send just these, e.g. [123, 456]).
+Environment: ``D365_SYNC_SCHEDULE`` (default ``@hourly``), ``D365_SYNC_SETTINGS``, ``D365_SYNC_LEDGER_URL``,
+``D365_SYNC_RUN_ROOT``, ``D365_SYNC_TASK_RETRIES`` / ``D365_SYNC_RETRY_DELAY_SECONDS``.
+Pools: ``dreamapply_api`` (extract) and ``dynamics365_api`` (preflight, plan, load).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from d365.operators.load_leads import LoadLeadsOperator
+
+DAG_ID = "dreamapply_to_dynamics365"
+DREAMAPPLY_POOL = "dreamapply_api"
+DYNAMICS_POOL = "dynamics365_api"
+
+
+def _run_context() -> Any:
+    from d365.steps import RunContext
+
+    ctx = get_current_context()
+    dag_run = ctx["dag_run"]
+    ti = ctx["ti"]
+    run_folder = ti.xcom_pull(task_ids="preflight", key="return_value")
+    return RunContext.create(
+        DAG_ID,
+        dag_run.run_id,
+        ctx["params"],
+        run_folder=run_folder["run_folder"] if run_folder else None,
+    )
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=os.environ.get("D365_SYNC_SCHEDULE", "@hourly"),
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={
+        "retries": int(os.environ.get("D365_SYNC_TASK_RETRIES", "2")),
+        "retry_delay": timedelta(seconds=int(os.environ.get("D365_SYNC_RETRY_DELAY_SECONDS", "120"))),
+        "retry_exponential_backoff": 2.0,
+    },
+    params={
+        "full_resync": Param(False, type="boolean", description="Re-send every applicant (cursors restart)."),
+        "applicant_ids": Param(
+            [],
+            type="array",
+            items={"type": "integer"},
+            description="Send only these DreamApply applicant IDs (a manual send); cursors do not move.",
+        ),
+    },
+    tags=["dreamapply", "dynamics365", "crm"],
+    doc_md=__doc__,
+)
+def dreamapply_to_dynamics365() -> None:
+    @task(pool=DYNAMICS_POOL)
+    def preflight() -> dict[str, Any]:
+        from d365.steps import RunContext
+        from d365.steps import preflight as run
+
+        ctx = get_current_context()
+        return run(RunContext.create(DAG_ID, ctx["dag_run"].run_id, ctx["params"]))
+
+    @task(pool=DREAMAPPLY_POOL)
+    def extract() -> dict[str, Any]:
+        from d365.steps import extract_step
+
+        return extract_step(_run_context())
+
+    @task
+    def transform() -> dict[str, Any]:
+        from d365.steps import transform_step
+
+        return transform_step(_run_context())
+
+    @task(pool=DYNAMICS_POOL)
+    def plan() -> dict[str, Any]:
+        from d365.steps import plan_step
+
+        return plan_step(_run_context())
+
+    load = LoadLeadsOperator(
+        task_id="load",
+        pool=DYNAMICS_POOL,
+        run_folder="{{ ti.xcom_pull(task_ids='preflight')['run_folder'] }}",
+        instance="{{ ti.xcom_pull(task_ids='preflight')['instance'] }}",
+    )
+
+    @task
+    def commit() -> dict[str, Any]:
+        from d365.steps import commit_step
+
+        return commit_step(_run_context())
+
+    @task(trigger_rule="all_done")
+    def report() -> dict[str, Any]:
+        from d365.steps import report_step
+
+        return report_step(_run_context())
+
+    pre = preflight()
+    ext = extract()
+    pre >> ext >> transform() >> plan() >> load >> commit() >> report()
+
+
+dreamapply_to_dynamics365()

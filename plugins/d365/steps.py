@@ -1,0 +1,455 @@
+"""The steps of one sync run; each task of the ``dreamapply_to_dynamics365`` DAG calls one of them.
+
+preflight → extract → transform → plan → load (``LoadLeadsOperator``) → commit → report
+
+Steps exchange data through the run folder (``RunFolder``; JSON Lines) and return only small dicts
+for XCom. Hooks are built inside the steps, at task run time, never at DAG parse time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from d365.pipeline.identity import instance_key
+from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
+from d365.pipeline.plan import WRITES, ExistingLead, MappedLead, Operation, needs_lookup, plan_operations, summarize
+from d365.pipeline.report import build_report, summary_text
+from d365.pipeline.run_note import set_run_note
+from d365.pipeline.runfolder import RunFolder
+from d365.pipeline.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+PREFLIGHT = "preflight.json"
+EXTRACT_APPLICANTS = "extract/applicants.jsonl"
+EXTRACT_CATALOG = "extract/catalog.json"
+EXTRACT_META = "extract/meta.json"
+TRANSFORM_LEADS = "transform/leads.jsonl"
+TRANSFORM_OUTCOMES = "transform/outcomes.jsonl"
+PLAN_OPERATIONS = "plan/operations.jsonl"
+PLAN_META = "plan/meta.json"
+LOAD_RESULTS = "load/results.jsonl"
+LOAD_STATS = "load/stats.json"
+REPORT = "report.json"
+
+# Lookups of existing leads go in chunks small enough for a GET URL (values are escaped and encoded).
+LOOKUP_CHUNK = 50
+
+
+class PreflightError(Exception):
+    """The integration is misconfigured: stop before any extract or write, naming what is wrong."""
+
+
+@dataclass
+class RunContext:
+    dag_id: str
+    run_id: str
+    folder: RunFolder
+    settings: Settings
+    ledger_url: str
+    params: Mapping[str, Any]
+
+    @classmethod
+    def create(
+        cls,
+        dag_id: str,
+        run_id: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        run_folder: str | None = None,
+        settings: Settings | None = None,
+        ledger_url: str | None = None,
+    ) -> RunContext:
+        folder = RunFolder(run_folder) if run_folder else RunFolder.for_run(dag_id, run_id)
+        return cls(
+            dag_id=dag_id,
+            run_id=run_id,
+            folder=folder,
+            settings=settings or load_settings(),
+            ledger_url=ledger_url or default_ledger_url(),
+            params=dict(params or {}),
+        )
+
+    @property
+    def requested_ids(self) -> list[int]:
+        raw = self.params.get("applicant_ids") or []
+        if isinstance(raw, str):
+            raw = [part for part in raw.replace(",", " ").split() if part]
+        return sorted({int(i) for i in raw})
+
+    @property
+    def full_resync(self) -> bool:
+        return bool(self.params.get("full_resync"))
+
+    def preflight(self) -> dict[str, Any]:
+        return self.folder.read_json(PREFLIGHT) or {}
+
+    @property
+    def instance(self) -> str:
+        return self.preflight()["instance"]
+
+
+# -- preflight --------------------------------------------------------------------------------------
+def preflight(rc: RunContext) -> dict[str, Any]:
+    """Connections, token, WhoAmI, mapping against the live lead metadata and the contact owner."""
+    from d365.hooks.dreamapply import DreamApplyHook
+    from d365.hooks.dynamics import DynamicsHook
+    from d365.pipeline.fit import LeadSchema, check_mapping
+
+    s = rc.settings
+    errors: list[str] = []
+    dyn = DynamicsHook(s.dynamics.connection_id)
+    who = dyn.whoami()
+    meta = dyn.get_entity_metadata(s.dynamics.entity)
+    keys = dyn.alternate_keys(s.dynamics.entity)
+    schema_doc = {
+        "entity": {"LogicalName": meta.logical_name, "EntitySetName": meta.entity_set_name},
+        "attributes": [_attribute_doc(a) for a in meta.attributes.values()],
+        "alternate_keys": [{"KeyAttributes": list(k.key_attributes), "Status": k.status} for k in keys],
+    }
+    schema = LeadSchema.from_metadata_json(schema_doc)
+    errors += check_mapping(s, schema)
+
+    key_status = None
+    if s.dynamics.alternate_key:
+        matching = [k for k in keys if list(k.key_attributes) == [s.dynamics.alternate_key]]
+        key_status = matching[0].status if matching else "missing"
+        if key_status != "Active":
+            log.warning(
+                "alternate key on %s is %s: leads are addressed by their deterministic id, lookups by the "
+                "column still work",
+                s.dynamics.alternate_key,
+                key_status,
+            )
+
+    owner = _resolve_owner(dyn, s)
+    if isinstance(owner, str):
+        errors.append(owner)
+        owner_id = None
+    else:
+        owner_id = owner["systemuserid"] if owner else None
+
+    da = DreamApplyHook(s.dreamapply.connection_id)
+    instance = instance_key(da.get_connection(da.dreamapply_conn_id).host or "")
+    da.get_json("/ping")
+
+    if errors:
+        raise PreflightError("preflight failed:\n- " + "\n- ".join(errors))
+    doc = {
+        "instance": instance,
+        "owner_id": owner_id,
+        "caller_id": who.get("UserId"),
+        "dop_hint": dyn.dop_hint,
+        "entity_set": meta.entity_set_name,
+        "alternate_key_status": key_status,
+        "schema": schema_doc,
+    }
+    rc.folder.write_json(PREFLIGHT, doc)
+    log.info("preflight ok: instance %s, owner %s, alternate key %s", instance, owner_id, key_status)
+    return {"run_folder": rc.folder.url, "instance": instance}
+
+
+def _attribute_doc(a: Any) -> dict[str, Any]:
+    return {
+        "LogicalName": a.logical_name,
+        "Type": a.type,
+        "MaxLength": a.max_length,
+        "IsValidForCreate": a.valid_for_create,
+        "IsValidForUpdate": a.valid_for_update,
+        "RequiredLevel": a.required_level,
+        "Format": a.format,
+        "Options": [{"Value": v, "Label": label} for v, label in (a.options or {}).items()] if a.options else None,
+    }
+
+
+def _resolve_owner(dyn: Any, s: Settings) -> dict[str, Any] | str | None:
+    """The contact owner's systemuser, or an error message naming what is wrong with it."""
+    owner = s.contact_owner
+    if owner is None:
+        return None
+    user = dyn.find_systemuser(
+        **{{"email": "email", "domainname": "domainname", "id": "user_id"}[owner.by]: owner.value}
+    )
+    if user is None:
+        return f"contact_owner: no Dynamics user with {owner.by} {owner.value!r}"
+    if user.get("isdisabled"):
+        return f"contact_owner: the Dynamics user with {owner.by} {owner.value!r} is disabled"
+    return user
+
+
+# -- extract ----------------------------------------------------------------------------------------
+def extract_step(rc: RunContext) -> dict[str, Any]:
+    """New and changed applicants since the cursors (or a resync, or given ids), plus failed ones to retry."""
+    from d365.hooks.dreamapply import DreamApplyHook
+    from d365.pipeline.extract import Cursors, extract
+
+    s = rc.settings
+    instance = rc.instance
+    ledger = Ledger(rc.ledger_url)
+    try:
+        cursors = Cursors(**ledger.cursors(instance))
+        retry_ids = ledger.ids_in_state(instance, LeadState.FAILED)
+    finally:
+        ledger.dispose()
+    hook = DreamApplyHook(s.dreamapply.connection_id)
+    events = list(s.dreamapply.journal_events)
+    page = s.dreamapply.page_size
+    if rc.requested_ids:
+        result = extract(hook, cursors, event_names=events, applicant_ids=rc.requested_ids, page_size=page)
+    else:
+        result = extract(hook, cursors, event_names=events, full_resync=rc.full_resync, page_size=page)
+        seen = {a["applicant_id"] for a in result.applicants}
+        missing = [i for i in retry_ids if i not in seen]
+        if missing:
+            retry = extract(hook, cursors, event_names=events, applicant_ids=missing, page_size=page)
+            for a in retry.applicants:
+                a["reason"] = "retry"
+            result.applicants.extend(retry.applicants)
+            result.counts["retry"] = len(retry.applicants)
+    n = rc.folder.write_jsonl(EXTRACT_APPLICANTS, result.applicants)
+    rc.folder.write_json(EXTRACT_CATALOG, result.catalog)
+    counts = {**result.counts, "requests": hook.stats.get("requests", 0)}
+    rc.folder.write_json(
+        EXTRACT_META,
+        {
+            "cursors": {
+                "applicant_id": result.cursors.applicant_id,
+                "journal_event_id": result.cursors.journal_event_id,
+            },
+            "counts": counts,
+            "requested": rc.requested_ids,
+            "erased_applicant_ids": result.erased_applicant_ids,
+        },
+    )
+    log.info("extracted %d applicants (%s)", n, counts)
+    return {"applicants": n, **{k: v for k, v in counts.items() if isinstance(v, int)}}
+
+
+# -- transform --------------------------------------------------------------------------------------
+def transform_step(rc: RunContext) -> dict[str, Any]:
+    """Consent gate, then the mapping; every applicant leaves as a lead payload or an explained outcome."""
+    from d365.pipeline.fit import LeadSchema
+    from d365.pipeline.mapping import Mapper
+
+    pre = rc.preflight()
+    catalog = rc.folder.read_json(EXTRACT_CATALOG) or {}
+    consent_ids, consent_errors = rc.settings.consent.resolve(catalog.get("consents") or {})
+    if consent_errors:
+        raise PreflightError("consent settings: " + "; ".join(consent_errors))
+    schema = LeadSchema.from_metadata_json(pre["schema"])
+    mapper = Mapper(rc.settings, schema, catalog, instance=pre["instance"])
+    leads: list[dict[str, Any]] = []
+    outcomes: list[dict[str, Any]] = []
+    for applicant in rc.folder.read_jsonl(EXTRACT_APPLICANTS):
+        aid = applicant.get("applicant_id")
+        missing = [cid for cid in sorted(consent_ids) if (applicant.get("consents") or {}).get(str(cid)) != "Accept"]
+        if missing:
+            outcomes.append(
+                {"applicant_id": aid, "state": LeadState.SKIPPED_CONSENT.value, "reason": _consent_reason(missing)}
+            )
+            continue
+        mapped = mapper.map(applicant)
+        if not mapped.ok:
+            outcomes.append(
+                {"applicant_id": aid, "state": LeadState.QUARANTINED.value, "reason": mapped.quarantine_reason}
+            )
+            continue
+        if mapped.options_needed:
+            needed = ", ".join(f"{attr}={label!r}" for attr, label in mapped.options_needed)
+            outcomes.append(
+                {
+                    "applicant_id": aid,
+                    "state": LeadState.QUARANTINED.value,
+                    "reason": f"no picklist option for {needed}",
+                }
+            )
+            continue
+        leads.append(
+            {
+                "applicant_id": aid,
+                "payload": mapped.payload,
+                "payload_hash": mapped.hash,
+                "email": mapped.payload.get("emailaddress1") or applicant.get("email"),
+                "issues": [i.to_dict() for i in mapped.issues],
+            }
+        )
+    rc.folder.write_jsonl(TRANSFORM_LEADS, leads)
+    rc.folder.write_jsonl(TRANSFORM_OUTCOMES, outcomes)
+    counts = _count(o["state"] for o in outcomes)
+    log.info("transform: %d lead payloads, %s", len(leads), counts)
+    return {"leads": len(leads), **counts}
+
+
+def _consent_reason(missing: Iterable[int]) -> str:
+    return "required consent not accepted: " + ", ".join(f"consent {cid}" for cid in missing)
+
+
+# -- plan -------------------------------------------------------------------------------------------
+def plan_step(rc: RunContext) -> dict[str, Any]:
+    """Ledger first; Dynamics is asked only about applicants the ledger cannot name."""
+    from d365.hooks.dynamics import DynamicsHook
+
+    s = rc.settings
+    pre = rc.preflight()
+    instance = pre["instance"]
+    mapped = [
+        MappedLead(int(r["applicant_id"]), r["payload"], r["payload_hash"], r.get("email"))
+        for r in rc.folder.read_jsonl(TRANSFORM_LEADS)
+    ]
+    ledger = Ledger(rc.ledger_url)
+    try:
+        entries = ledger.entries(instance, [m.applicant_id for m in mapped])
+    finally:
+        ledger.dispose()
+    unknown = needs_lookup(mapped, entries)
+    by_key: dict[str, ExistingLead] = {}
+    by_email: dict[str, list[ExistingLead]] = {}
+    lookups = 0
+    if unknown:
+        dyn = DynamicsHook(s.dynamics.connection_id)
+        lookups = _lookup_existing(dyn, pre["entity_set"], s, unknown, by_key, by_email)
+    ops = plan_operations(
+        mapped,
+        entries,
+        instance=instance,
+        by_applicant_key=by_key,
+        by_email=by_email,
+        send_all_new=s.send_all_new,
+        automatic_updates=s.automatic_updates,
+        adopt_by_email=s.dedupe.adopt_existing_by_email,
+        requested=rc.requested_ids,
+        force=rc.full_resync,
+    )
+    rc.folder.write_jsonl(PLAN_OPERATIONS, (op.to_json() for op in ops))
+    counts = summarize(ops)
+    rc.folder.write_json(PLAN_META, {"owner_id": pre.get("owner_id"), "counts": counts, "lookup_requests": lookups})
+    log.info("plan: %s (%d lookup requests)", counts, lookups)
+    return {"writes": sum(counts.get(a, 0) for a in WRITES), **counts}
+
+
+def _lookup_existing(
+    dyn: Any,
+    entity_set: str,
+    s: Settings,
+    unknown: list[MappedLead],
+    by_key: dict[str, ExistingLead],
+    by_email: dict[str, list[ExistingLead]],
+) -> int:
+    key_col = s.dynamics.alternate_key
+    select = ["leadid", "emailaddress1", "createdon", *([key_col] if key_col else [])]
+    requests = 0
+
+    def fetch(column: str, values: list[str]) -> Iterable[dict[str, Any]]:
+        nonlocal requests
+        for start in range(0, len(values), LOOKUP_CHUNK):
+            chunk = values[start : start + LOOKUP_CHUNK]
+            literal = ",".join("'" + v.replace("'", "''") + "'" for v in chunk)
+            flt = f"Microsoft.Dynamics.CRM.In(PropertyName='{column}',PropertyValues=[{literal}]) and statecode eq 0"
+            requests += 1
+            yield from dyn.query(entity_set, select=select, filter=flt)
+
+    def existing(row: Mapping[str, Any]) -> ExistingLead:
+        return ExistingLead(
+            lead_id=row["leadid"],
+            applicant_key=(row.get(key_col) if key_col else None),
+            email=row.get("emailaddress1"),
+            createdon=row.get("createdon"),
+        )
+
+    if key_col:
+        for row in fetch(key_col, sorted({str(m.applicant_id) for m in unknown})):
+            if row.get(key_col):
+                by_key.setdefault(str(row[key_col]), existing(row))
+    if s.dedupe.adopt_existing_by_email:
+        emails = sorted({m.email.strip().lower() for m in unknown if m.email and m.email.strip()})
+        for row in fetch("emailaddress1", emails):
+            if row.get("emailaddress1"):
+                by_email.setdefault(row["emailaddress1"].strip().lower(), []).append(existing(row))
+    return requests
+
+
+# -- commit -----------------------------------------------------------------------------------------
+def commit_step(rc: RunContext) -> dict[str, Any]:
+    """After the load: record the non-write outcomes and advance the cursors (never before)."""
+    instance = rc.instance
+    outcomes = list(rc.folder.read_jsonl(TRANSFORM_OUTCOMES))
+    meta = rc.folder.read_json(EXTRACT_META) or {}
+    ledger = Ledger(rc.ledger_url)
+    try:
+        ledger.record(
+            instance,
+            (LedgerUpdate(int(o["applicant_id"]), LeadState(o["state"]), reason=o.get("reason")) for o in outcomes),
+            run_id=rc.run_id,
+        )
+        if rc.requested_ids:
+            cursors = ledger.cursors(instance)  # a manual send does not move the cursors
+        else:
+            cursors = ledger.advance_cursors(instance, **meta.get("cursors", {}))
+    finally:
+        ledger.dispose()
+    log.info("committed %d outcomes; cursors now %s", len(outcomes), cursors)
+    return {"cursors": cursors}
+
+
+# -- report -----------------------------------------------------------------------------------------
+def report_step(rc: RunContext) -> dict[str, Any]:
+    """Counts from the files of this run; to the log, report.json and the DAG run note."""
+    extract_meta = rc.folder.read_json(EXTRACT_META) or {}
+    outcomes = list(rc.folder.read_jsonl(TRANSFORM_OUTCOMES))
+    ops = [Operation.from_json(o) for o in rc.folder.read_jsonl(PLAN_OPERATIONS)]
+    results: dict[int, dict[str, Any]] = {}
+    for row in rc.folder.read_jsonl(LOAD_RESULTS):
+        results[int(row["applicant_id"])] = row  # a retried task appends: the last word counts
+    counts: dict[str, int] = _count(o["state"] for o in outcomes)
+    for op in ops:
+        if op.action in WRITES:
+            outcome = results.get(op.applicant_id, {}).get("outcome", "failed")
+            counts[outcome] = counts.get(outcome, 0) + 1
+        else:
+            counts[op.action] = counts.get(op.action, 0) + 1
+    failures = [
+        {"applicant_id": aid, "error_code": r.get("error_code"), "error": r.get("error")}
+        for aid, r in sorted(results.items())
+        if r.get("outcome") == "failed"
+    ]
+    failures += [
+        {"applicant_id": op.applicant_id, "error_code": "not_loaded", "error": "the load did not reach this record"}
+        for op in ops
+        if op.action in WRITES and op.applicant_id not in results
+    ]
+    quarantine = [
+        {"applicant_id": o["applicant_id"], "reason": o.get("reason")}
+        for o in outcomes
+        if o["state"] == LeadState.QUARANTINED.value
+    ]
+    report = build_report(
+        dag_id=rc.dag_id,
+        run_id=rc.run_id,
+        outcomes=counts,
+        extracted=int(extract_meta.get("counts", {}).get("total", 0)) or _lines(rc, EXTRACT_APPLICANTS),
+        extract_counts=extract_meta.get("counts"),
+        load_stats=rc.folder.read_json(LOAD_STATS) or {},
+        failures=failures,
+        quarantine=quarantine,
+    )
+    rc.folder.write_json(REPORT, report)
+    text = summary_text(report)
+    for line in text.splitlines():
+        log.info(line)
+    print(text, flush=True)
+    report["note_set_via"] = set_run_note(rc.dag_id, rc.run_id, text)
+    return report["outcomes"]
+
+
+def _lines(rc: RunContext, name: str) -> int:
+    return sum(1 for _ in rc.folder.read_jsonl(name))
+
+
+def _count(states: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    return counts
