@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from sandbox import Sandbox, SandboxConfig
-from sandbox.client import SandboxClient
+# Airflow reads its configuration when first imported: point it at a private home before any test does,
+# so the tests never touch a developer's own ~/airflow.
+_REPO = Path(__file__).resolve().parents[1]
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="d365-tests-airflow-")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(_REPO / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("D365_SYNC_TASK_RETRIES", "0")
+
+from sandbox import Sandbox, SandboxConfig  # noqa: E402
+from sandbox.client import SandboxClient  # noqa: E402
 
 
 def _config(tmp: Path, **overrides: object) -> SandboxConfig:
