@@ -339,9 +339,7 @@ class DreamApplyHook(HttpHook):
                 raise DreamApplyError(f"keyset paging did not advance on {path}", path=path)
             since = last + 1
 
-    def iter_paginated(
-        self, path: str, params: Mapping[str, Any] | None = None
-    ) -> Iterator[dict[str, dict[str, Any]]]:
+    def iter_paginated(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[dict[str, dict[str, Any]]]:
         """Pages of a collection with a ``pages`` paginator (e.g. /purged-resources), following ``next``."""
         page = int((params or {}).get("page") or 1)
         base = {k: v for k, v in (params or {}).items() if k != "page"}

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from d365.hooks.dynamics import DynamicsHook
 
+from d365.hooks.dynamics import DynamicsHook
 from sandbox import Sandbox
 from sandbox.client import SandboxClient
 

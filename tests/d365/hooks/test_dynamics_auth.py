@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+
 from d365.hooks.dynamics import DynamicsConnectionSettings, DynamicsHook
 from d365.hooks.dynamics_auth import (
     Authority,
@@ -14,7 +15,6 @@ from d365.hooks.dynamics_auth import (
     parse_bearer_challenge,
 )
 from d365.hooks.errors import DynamicsAuthError
-
 from sandbox import Sandbox
 from sandbox.client import SandboxClient
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 
 import pytest
+
 from d365.hooks.dynamics import DynamicsHook
 from d365.hooks.dynamics_batch import (
     BatchOperation,
@@ -17,7 +18,6 @@ from d365.hooks.dynamics_batch import (
     parse_batch_response,
 )
 from d365.hooks.errors import DynamicsError, DynamicsThrottled, DynamicsValidationError
-
 from sandbox import Sandbox
 from sandbox.client import SandboxClient
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from d365.hooks.dynamics import DynamicsHook, entity_path, key_segment, odata_literal
 from d365.hooks.errors import (
     DynamicsConflict,
@@ -16,7 +17,6 @@ from d365.hooks.errors import (
     DynamicsThrottled,
     DynamicsValidationError,
 )
-
 from sandbox import Sandbox
 from sandbox.client import SandboxClient
 
