@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install test lint sandbox benchmarks clean
+.PHONY: install run sandbox-stop test lint sandbox benchmarks clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+## The main job: the sync end to end against the local sandbox (started in the background if needed).
+run: install
+	$(PY) scripts/run_local.py
+
+sandbox-stop:
+	$(PY) scripts/run_local.py --stop-sandbox
 
 ## The test command (also what CI runs): lint, then every test.
 test: install
@@ -31,4 +38,4 @@ benchmarks: install
 	$(PY) benchmarks/sandbox_startup.py
 
 clean:
-	rm -rf $(VENV) .sandbox .pytest_cache .ruff_cache
+	rm -rf $(VENV) .sandbox .airflow .pytest_cache .ruff_cache
