@@ -1,0 +1,608 @@
+"""Applicant → lead payload. THE place where a lead's fields are computed.
+
+Which column gets what is data: ``data_mapping`` in include/mappings/settings.yaml (keys: docs/settings.md).
+This module computes the named *source fields* (``SOURCE_GETTERS`` below, one small function each) and
+fits them to the columns (fit.py). With the default settings:
+
+=======================  =====================  ==========================================================
+lead column              source field           how it is computed
+=======================  =====================  ==========================================================
+firstname / middlename   applicant.name.given   the record's name_given / name_middle, trimmed; kept as
+                         / .middle              typed (apostrophes, accents); cut at 50 (fit_policy)
+lastname                 applicant.name.family  name_family, else (fallback) name_full
+emailaddress1            applicant.email        email, trimmed (quarantined if > 100: fit_policy override)
+mobilephone              applicant.phone        ``_phone``: E.164 via phonenumbers (+ " ext. N") when valid
+                                                (region = citizenship) or possible and typed with +/00;
+                                                else sent as typed if it fits, else left out (issue)
+subject                  template               "DreamApply applicant {applicant.id}" (``_render``)
+uni_applicantid          applicant.id           always written when dynamics.alternate_key is set
+uni_dreamapplyinstance   dreamapply.instance    the ``instance`` argument (dynamics.instance_column)
+uni_registeredon         applicant.registered   ISO UTC (fit: DateTime columns)
+uni_citizenship          applicant.citizenship  ``_country``: ISO alpha-2 checked with pycountry (or the
+                                                English name with ``format: country_name``)
+uni_reference, ...       applicant.reference,   trimmed text
+uni_matriculation        .matriculation
+uni_leadstage            lead.stage             lead_stage.evaluate → label → picklist option value
+uni_stagechangedon       lead.stage_changed     lead_stage.evaluate (the event that entered the stage)
+uni_programmeids         programme.ids          course ids of the *current application* (lead_stage) by
+                                                priority, joined with ","
+uni_academicterm, year,  term.name, .year,      catalog.terms[current application's academic_term_id]
+termtype, termstartdate  .type, .start          (type is a picklist label, start a DateOnly date)
+uni_consentgiven,        consent.given          ``consent_given``: every selected consent (here 2, marketing)
+donotbulkemail                                  is "Accept"; donotbulkemail is its negation (value_map)
+leadsourcecode           tracker.code           first tracker code → value_map → picklist label
+=======================  =====================  ==========================================================
+
+Per attribute (``Mapper.map``): source (then ``fallback`` sources while empty) | template | constant →
+format (dates, e164, country) → ``value_map`` → ``default`` when empty → ``if_empty`` (null / omit /
+quarantine) → ``fit.fit_value`` (type, MaxLength, picklist label → int, dates) → payload, issue or
+quarantine. Owner binding and lead ids are the load's job. Consent *gating* (skip without consent) is
+the consent step's: use ``consent_status``. Never raises on data: a broken record is quarantined.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
+from typing import Any
+
+import phonenumbers
+import pycountry
+
+from d365.pipeline.fit import (
+    AttributeSpec,
+    FitIssue,
+    FitPolicy,
+    fit_value,
+    format_temporal,
+    is_date_only_value,
+    normalize_label,
+    utf16_len,
+)
+from d365.pipeline.lead_stage import StageResult, evaluate, iso_utc, parse_instant
+from d365.pipeline.settings import SOURCE_FIELDS, FieldMapping, Settings, resolve_consents
+
+# --------------------------------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MappedLead:
+    applicant_id: int | None
+    payload: dict[str, Any]  # logical name → JSON value; {} when quarantined
+    issues: list[FitIssue] = field(default_factory=list)
+    quarantine_reason: str | None = None
+    options_needed: list[tuple[str, str]] = field(default_factory=list)  # (attribute, label) to add
+    stage: str | None = None
+    stage_changed: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.quarantine_reason is None
+
+    @property
+    def hash(self) -> str:
+        return payload_hash(self.payload)
+
+    def with_options(self, added: Mapping[tuple[str, str], int]) -> MappedLead:
+        """The lead after the load added options: ``{(attribute, label): new option value}``."""
+        payload = dict(self.payload)
+        still: list[tuple[str, str]] = []
+        for attribute, label in self.options_needed:
+            value = added.get((attribute, label))
+            if value is None:
+                still.append((attribute, label))
+            else:
+                payload[attribute] = value
+        return replace(self, payload=payload, options_needed=still)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "applicant_id": self.applicant_id,
+            "payload": self.payload,
+            "hash": self.hash,
+            "issues": [i.to_dict() for i in self.issues],
+            "quarantine_reason": self.quarantine_reason,
+            "options_needed": [list(o) for o in self.options_needed],
+            "stage": self.stage,
+            "stage_changed": self.stage_changed,
+        }
+
+
+def payload_hash(payload: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces, UTF-8): stable across key order."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# small value helpers
+# --------------------------------------------------------------------------------------------------
+
+_EXTRA_COUNTRIES = {"XK": "Kosovo"}  # user-assigned code DreamApply and many registries use
+# what a typed phone number looks like: digits and separators, optionally an extension
+_PHONE_SHAPE = re.compile(r"[\d\s+\-().\/\u00a0]*(?:(?:ext\.?|x|#)\s*\d+)?\s*", re.IGNORECASE)
+
+
+def _get(record: Any, key: str) -> Any:
+    return record.get(key) if isinstance(record, Mapping) else None
+
+
+def _empty(value: Any) -> bool:
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (isinstance(value, list | tuple) and not value)
+
+
+def _trim(value: Any) -> Any:
+    """Strings trimmed (empty → None); anything else unchanged (fit decides whether it is a wrong type)."""
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return value
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 19:
+        return int(value.strip())
+    return None
+
+
+@lru_cache(maxsize=4096)
+def country_code(value: str) -> str | None:
+    """ISO 3166-1 alpha-2 for a code, alpha-3 or English name; None when unknown."""
+    text = value.strip()
+    if not text or len(text) > 80:
+        return None
+    upper = text.upper()
+    if upper in _EXTRA_COUNTRIES:
+        return upper
+    if len(upper) == 2:
+        return upper if pycountry.countries.get(alpha_2=upper) else None
+    try:
+        return pycountry.countries.lookup(text).alpha_2
+    except (LookupError, KeyError, AttributeError):
+        return None
+
+
+def country_name(code: str) -> str:
+    if code in _EXTRA_COUNTRIES:
+        return _EXTRA_COUNTRIES[code]
+    country = pycountry.countries.get(alpha_2=code)
+    return getattr(country, "common_name", None) or country.name
+
+
+def consent_given(applicant: Any, consent_ids: Iterable[int]) -> bool:
+    """True when every consent id has the decision "Accept". Undecided (absent) counts as not given."""
+    decisions = _get(applicant, "consents")
+    decisions = decisions if isinstance(decisions, Mapping) else {}
+    return all(_get_decision(decisions, cid) == "accept" for cid in consent_ids)
+
+
+def _get_decision(decisions: Mapping[Any, Any], cid: int) -> str:
+    value = decisions.get(str(cid), decisions.get(cid))
+    return value.strip().casefold() if isinstance(value, str) else ""
+
+
+def consent_status(applicant: Any, catalog: Any, settings: Settings) -> tuple[bool, list[int]]:
+    """For the consent step: ``(all consent.required accepted, ids not accepted)``. A ``required`` entry
+    that matches no consent definition makes the answer False (nothing can prove that consent)."""
+    ids, errors = settings.consent.resolve(_get(catalog, "consents") or {})
+    decisions = _get(applicant, "consents")
+    decisions = decisions if isinstance(decisions, Mapping) else {}
+    missing = sorted(cid for cid in ids if _get_decision(decisions, cid) != "accept")
+    return (not missing and not errors), missing
+
+
+def check_catalog(settings: Settings, catalog: Any) -> list[str]:
+    """Preflight against DreamApply's reference data: consent references that select nothing."""
+    errors = [f"consent.required: {e}" for e in settings.consent.resolve(_get(catalog, "consents") or {})[1]]
+    for attr, entry in settings.data_mapping.items():
+        if entry.consents is not None:
+            found = resolve_consents(entry.consents, _mapping(_get(catalog, "consents")))[1]
+            errors += [f"data_mapping.{attr}.consents: {e}" for e in found]
+    return errors
+
+
+# --------------------------------------------------------------------------------------------------
+# source fields: one getter per name of settings.SOURCE_FIELDS
+# --------------------------------------------------------------------------------------------------
+
+
+class _Record:
+    """One applicant with its derived facts, computed lazily and once."""
+
+    def __init__(self, mapper: Mapper, applicant: Mapping[str, Any], applicant_id: int) -> None:
+        self.m = mapper
+        self.a = applicant
+        self.applicant_id = applicant_id
+
+    def field(self, key: str) -> Any:
+        return _trim(self.a.get(key))
+
+    @cached_property
+    def stage(self) -> StageResult:
+        return evaluate(self.a, self.m.catalog, rules=self.m.rules)
+
+    @cached_property
+    def courses(self) -> list[Mapping[str, Any]]:
+        """The current application's course choices, by priority (unknown priorities last), then course id."""
+        app = self.stage.application
+        choices = _get(app, "courses")
+        valid = [c for c in (choices if isinstance(choices, list) else []) if _int(_get(c, "course_id")) is not None]
+
+        def order(c: Mapping[str, Any]) -> tuple[int, int]:
+            priority = _int(c.get("priority"))
+            return (priority if priority is not None else 1 << 30, _int(c.get("course_id")) or 0)
+
+        return sorted(valid, key=order)
+
+    def course(self, choice: Mapping[str, Any]) -> Mapping[str, Any]:
+        found = self.m.courses.get(str(_int(choice.get("course_id"))))
+        return found if isinstance(found, Mapping) else {}
+
+    def course_texts(self, key: str) -> list[str]:
+        texts = (_trim(self.course(c).get(key)) for c in self.courses)
+        return [t for t in texts if isinstance(t, str)]
+
+    @cached_property
+    def term(self) -> Mapping[str, Any]:
+        term_id = _int(_get(self.stage.application, "academic_term_id"))
+        found = self.m.terms.get(str(term_id)) if term_id is not None else None
+        return found if isinstance(found, Mapping) else {}
+
+    @cached_property
+    def country(self) -> str | None:
+        raw = self.a.get("citizenship")
+        return country_code(raw) if isinstance(raw, str) else None
+
+    @cached_property
+    def tracker_codes(self) -> list[str]:
+        ids = self.a.get("tracker_ids")
+        codes: list[str] = []
+        for tid in sorted(i for i in (ids if isinstance(ids, list) else []) if _int(i) is not None):
+            code = self.m.trackers.get(str(tid))
+            if isinstance(code, str) and code.strip():
+                codes.append(code.strip())
+        listed = self.a.get("tracker_codes")
+        codes += [c.strip() for c in (listed if isinstance(listed, list) else []) if isinstance(c, str) and c.strip()]
+        return list(dict.fromkeys(codes))
+
+
+def _term_year(r: _Record) -> Any:
+    name = _trim(r.term.get("year_name"))
+    if name is not None:
+        return name
+    year = _int(r.term.get("year"))
+    return str(year) if year is not None else None
+
+
+SOURCE_GETTERS: dict[str, Callable[[_Record], Any]] = {
+    "applicant.id": lambda r: r.applicant_id,
+    "applicant.type": lambda r: r.field("type"),
+    "applicant.name.full": lambda r: r.field("name_full"),
+    "applicant.name.given": lambda r: r.field("name_given"),
+    "applicant.name.middle": lambda r: r.field("name_middle"),
+    "applicant.name.family": lambda r: r.field("name_family"),
+    "applicant.email": lambda r: r.field("email"),
+    "applicant.phone": lambda r: r.field("phone"),
+    "applicant.registered": lambda r: r.field("registered"),
+    "applicant.citizenship": lambda r: r.field("citizenship"),
+    "applicant.reference": lambda r: r.field("reference"),
+    "applicant.matriculation": lambda r: r.field("matriculation"),
+    "lead.stage": lambda r: r.stage.stage,
+    "lead.stage_changed": lambda r: r.stage.changed,
+    "programme.ids": lambda r: [str(_int(c.get("course_id"))) for c in r.courses],
+    "programme.codes": lambda r: r.course_texts("code"),
+    "programme.names": lambda r: r.course_texts("name"),
+    "programme.id": lambda r: _int(r.courses[0].get("course_id")) if r.courses else None,
+    "programme.code": lambda r: _trim(r.course(r.courses[0]).get("code")) if r.courses else None,
+    "programme.name": lambda r: _trim(r.course(r.courses[0]).get("name")) if r.courses else None,
+    "term.name": lambda r: _trim(r.term.get("name")),
+    "term.year": _term_year,
+    "term.year_number": lambda r: _int(r.term.get("year")),
+    "term.type": lambda r: _trim(r.term.get("type_name")),
+    "term.start": lambda r: _trim(r.term.get("start")),
+    "term.finish": lambda r: _trim(r.term.get("finish")),
+    "dreamapply.instance": lambda r: r.m.instance,
+    "consent.given": lambda r: consent_given(r.a, r.m.default_consents),  # per-entry `consents`: Mapper
+    "tracker.codes": lambda r: r.tracker_codes,
+    "tracker.code": lambda r: r.tracker_codes[0] if r.tracker_codes else None,
+}
+if set(SOURCE_GETTERS) != set(SOURCE_FIELDS):  # pragma: no cover - a programming error, caught by any test
+    raise RuntimeError("settings.SOURCE_FIELDS and mapping.SOURCE_GETTERS must name the same fields")
+
+_TEMPLATE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+
+# --------------------------------------------------------------------------------------------------
+# the mapper
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    attribute: str
+    entry: FieldMapping
+    spec: AttributeSpec | None
+    policy: FitPolicy
+    value_map: dict[str, Any] | None
+    consents: frozenset[int] | None
+
+
+class Mapper:
+    """Maps many applicants with one settings/schema/catalog (the per-run work is done once here)."""
+
+    def __init__(self, settings: Settings, schema: Mapping[str, AttributeSpec], catalog: Any, *, instance: str):
+        self.settings = settings
+        self.schema = schema
+        self.catalog = catalog
+        self.instance = instance
+        self.rules = settings.lead_stage.rules()
+        self.timezone = settings.timezone
+        self.terms = _mapping(_get(catalog, "terms"))
+        self.courses = _mapping(_get(catalog, "courses"))
+        self.trackers = _mapping(_get(catalog, "trackers"))
+        consents = _mapping(_get(catalog, "consents"))
+        ids, errors = settings.consent.resolve(consents)
+        # a reference that selects nothing can never be satisfied: use an impossible id
+        self.default_consents = frozenset(ids | ({-1} if errors else set()))
+        self.plan: list[_Plan] = []
+        self._template_plans: dict[str, _Plan] = {}
+        for attribute, entry in settings.data_mapping.items():
+            spec = schema.get(attribute)
+            date_format = entry.format if entry.format in ("date", "date_local", "datetime_utc") else None
+            policy = FitPolicy(
+                too_long=settings.too_long_policy(attribute),
+                picklist=entry.picklist,
+                on_missing_option=entry.on_missing_option,
+                add_allowlist=entry.add_allowlist,
+                date_format=date_format,
+                timezone=entry.timezone or settings.timezone,
+            )
+            value_map = None
+            if entry.value_map is not None:
+                value_map = {normalize_label(str(k)): v for k, v in entry.value_map.items()}
+            entry_consents = None
+            if entry.consents is not None:
+                ids, errors = resolve_consents(entry.consents, consents)
+                entry_consents = frozenset(ids | ({-1} if errors else set()))
+            self.plan.append(_Plan(attribute, entry, spec, policy, value_map, entry_consents))
+
+    # -- per applicant -----------------------------------------------------------------------------
+
+    def map(self, applicant: Any) -> MappedLead:
+        """One applicant → MappedLead. Never raises: anything unexpected quarantines the record."""
+        raw_id = _get(applicant, "applicant_id")
+        applicant_id = _int(raw_id)
+        if not isinstance(applicant, Mapping):
+            return MappedLead(None, {}, quarantine_reason=f"not an applicant record ({type(applicant).__name__})")
+        if applicant_id is None or applicant_id <= 0:
+            reason = f"applicant_id is missing or not a positive integer: {str(raw_id)[:60]!r}"
+            return MappedLead(None, {}, quarantine_reason=reason)
+        try:
+            return self._map(applicant, applicant_id)
+        except Exception as exc:  # never raise on data
+            reason = f"internal error while mapping: {type(exc).__name__}: {str(exc)[:200]}"
+            return MappedLead(applicant_id, {}, quarantine_reason=reason)
+
+    def _map(self, applicant: Mapping[str, Any], applicant_id: int) -> MappedLead:
+        record = _Record(self, applicant, applicant_id)
+        payload: dict[str, Any] = {}
+        issues: list[FitIssue] = []
+        needed: list[tuple[str, str]] = []
+
+        def put(attribute: str, spec: AttributeSpec | None, value: Any, policy: FitPolicy) -> None:
+            if spec is None:
+                issues.append(
+                    FitIssue(attribute, "unknown_attribute", "not in the lead schema (run check_mapping)", "quarantine")
+                )
+                return
+            fitted, issue = fit_value(spec, value, policy)
+            if issue is not None:
+                issues.append(issue)
+                if issue.action == "needs_option" and issue.label is not None:
+                    needed.append((attribute, issue.label))
+                if issue.action in ("dropped", "needs_option", "quarantine"):
+                    return
+            payload[attribute] = fitted
+
+        for plan in self.plan:
+            value, dropped = self._value(plan, record, issues)
+            if _empty(value):
+                if dropped or plan.entry.if_empty == "omit":
+                    continue
+                if plan.entry.if_empty == "quarantine":
+                    issues.append(FitIssue(plan.attribute, "empty", "no value (if_empty: quarantine)", "quarantine"))
+                    continue
+                value = None
+            put(plan.attribute, plan.spec, value, plan.policy)
+
+        key = self.settings.dynamics.alternate_key
+        if key:
+            put(key, self.schema.get(key), str(applicant_id), FitPolicy(too_long="quarantine"))
+        column = self.settings.dynamics.instance_column
+        if column:
+            put(column, self.schema.get(column), self.instance, FitPolicy(too_long="quarantine"))
+
+        stage = record.stage
+        reasons = [f"{i.attribute}: {i.message}" for i in issues if i.quarantines]
+        if reasons:
+            reason = "; ".join(reasons)
+            if len(reason) > 1000:
+                reason = reason[:997] + "..."
+            return MappedLead(applicant_id, {}, issues, reason, [], stage.stage, stage.changed)
+        return MappedLead(applicant_id, payload, issues, None, needed, stage.stage, stage.changed)
+
+    def _value(self, plan: _Plan, record: _Record, issues: list[FitIssue]) -> tuple[Any, bool]:
+        """(value before fitting, whether a source was dropped as invalid)."""
+        entry = plan.entry
+        dropped = False
+        if entry.form == "constant":
+            value: Any = entry.constant
+        elif entry.form == "template":
+            value = self._render(entry.template or "", record)
+        else:
+            value = None
+            for i, name in enumerate((entry.source or "", *entry.fallback)):
+                value, issue = self._source(name, entry.format if i == 0 else None, plan, record)
+                if issue is not None:
+                    issues.append(issue)
+                    dropped = dropped or issue.action == "dropped"
+                if not _empty(value):
+                    dropped = False
+                    break
+        if plan.value_map is not None and not _empty(value):
+            key = normalize_label(str(value).lower() if isinstance(value, bool) else str(value))
+            if key in plan.value_map:
+                value = plan.value_map[key]
+            elif "*" in plan.value_map:
+                value = plan.value_map["*"]
+        if _empty(value) and "default" in entry.model_fields_set:
+            value = entry.default
+        return value, dropped
+
+    def _source(self, name: str, fmt: str | None, plan: _Plan, record: _Record) -> tuple[Any, FitIssue | None]:
+        kind = SOURCE_FIELDS[name].kind
+        if name == "consent.given" and plan.consents is not None:
+            return consent_given(record.a, plan.consents), None
+        raw = SOURCE_GETTERS[name](record)
+        if raw is None:
+            return None, None
+        attribute, spec = plan.attribute, plan.spec
+        if kind == "phone" and fmt != "text":
+            return self._phone(raw, attribute, spec, record)
+        if kind == "country":
+            return self._country(raw, attribute, fmt)
+        if kind == "list":
+            items = [str(v) for v in raw if v is not None] if isinstance(raw, list) else raw
+            return (plan.entry.separator.join(items) if isinstance(items, list) else items), None
+        if kind in ("date", "datetime"):
+            if spec is not None and spec.type == "DateTime" and fmt != "text":
+                return raw, None  # fit formats it with policy.date_format
+            default = "date" if kind == "date" or is_date_only_value(raw) else "datetime_utc"
+            use = default if fmt in (None, "text") else fmt
+            text = format_temporal(raw, use, plan.policy.timezone)
+            if text is None:
+                return None, FitIssue(attribute, "wrong_type", f"not a date/time: {str(raw)[:60]!r}", "quarantine")
+            return text, None
+        if fmt == "text" and not isinstance(raw, str):
+            if isinstance(raw, bool):
+                return ("true" if raw else "false"), None
+            if isinstance(raw, int):
+                return str(raw), None
+        return raw, None
+
+    def _phone(
+        self, raw: Any, attribute: str, spec: AttributeSpec | None, record: _Record
+    ) -> tuple[Any, FitIssue | None]:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = str(raw)
+        if not isinstance(raw, str):
+            return raw, None  # fit reports the wrong type
+        region = record.country if record.country not in _EXTRA_COUNTRIES else None
+        limit = spec.max_length if spec is not None else None
+        number = None
+        if _PHONE_SHAPE.fullmatch(raw):  # no letters: phonenumbers would read "please" as vanity digits
+            try:
+                number = phonenumbers.parse(raw, region)
+            except phonenumbers.NumberParseException:
+                number = None
+        # A valid number is formatted. A merely *possible* one (plausible length, unknown number range) is
+        # formatted only when typed in international form (+ or 00): then E.164 just keeps the digits typed,
+        # while a national form would depend on guessing the trunk prefix.
+        international = raw.lstrip().startswith(("+", "00"))
+        if number is not None and (
+            phonenumbers.is_valid_number(number) or (international and phonenumbers.is_possible_number(number))
+        ):
+            e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+            if not number.extension:
+                return e164, None
+            with_extension = f"{e164} ext. {number.extension}"
+            if limit is None or utf16_len(with_extension) <= limit:
+                return with_extension, None
+            why = f"extension {number.extension} does not fit in {limit} characters; sent without it"
+            return e164, FitIssue(attribute, "phone_extension_dropped", why)
+        text = " ".join(raw.split())
+        where = f" for region {region}" if region else " (no country code, no valid citizenship)"
+        if limit is None or utf16_len(text) <= limit:
+            return text, FitIssue(attribute, "invalid_phone", f"not a valid phone number{where}; sent as entered")
+        return None, FitIssue(
+            attribute, "invalid_phone", f"not a valid phone number{where} and longer than {limit}; left out", "dropped"
+        )
+
+    def _country(self, raw: Any, attribute: str, fmt: str | None) -> tuple[Any, FitIssue | None]:
+        if not isinstance(raw, str):
+            return raw, None  # fit reports the wrong type
+        if fmt == "text":
+            return raw, None
+        code = country_code(raw)
+        if code is None:
+            shown = raw if len(raw) <= 40 else raw[:37] + "..."
+            why = f"{shown!r} is not an ISO 3166-1 country; left out"
+            return None, FitIssue(attribute, "invalid_country", why, "dropped")
+        return (country_name(code) if fmt == "country_name" else code), None
+
+    def _render(self, template: str, record: _Record) -> str | None:
+        def text_of(name: str) -> str:
+            kind = SOURCE_FIELDS[name].kind
+            plan = self._template_plans.get(name)
+            if plan is None:
+                policy = FitPolicy(timezone=self.timezone)
+                plan = self._template_plans[name] = _Plan(name, FieldMapping(source=name), None, policy, None, None)
+            value, _ = self._source(name, None, plan, record)
+            if value is None:
+                return ""
+            if isinstance(value, bool):
+                return "yes" if value else "no"
+            if isinstance(value, int | float | str):
+                if kind == "datetime" and isinstance(value, str):
+                    return iso_utc(parse_instant(value)) or value
+                return str(value)
+            return ""
+
+        def repl(match: re.Match[str]) -> str:
+            token = match.group(0)
+            if token in ("{{", "}}"):
+                return token[0]
+            return text_of(match.group(1).strip())
+
+        return _TEMPLATE.sub(repl, template).strip() or None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def map_applicant(
+    applicant: Any,
+    catalog: Any,
+    settings: Settings,
+    schema: Mapping[str, AttributeSpec],
+    *,
+    instance: str,
+) -> MappedLead:
+    """One applicant → MappedLead (payload, issues, quarantine reason, options needed). Never raises on
+    data. For many applicants build one ``Mapper`` and call ``Mapper.map``."""
+    return Mapper(settings, schema, catalog, instance=instance).map(applicant)
+
+
+def map_applicants(
+    applicants: Iterable[Any],
+    catalog: Any,
+    settings: Settings,
+    schema: Mapping[str, AttributeSpec],
+    *,
+    instance: str,
+) -> list[MappedLead]:
+    mapper = Mapper(settings, schema, catalog, instance=instance)
+    return [mapper.map(a) for a in applicants]
