@@ -15,7 +15,7 @@ from typing import Any
 
 from d365.pipeline.identity import instance_key
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
-from d365.pipeline.plan import WRITES, ExistingLead, MappedLead, Operation, needs_lookup, plan_operations, summarize
+from d365.pipeline.plan import WRITES, ExistingLead, LeadPayload, Operation, needs_lookup, plan_operations, summarize
 from d365.pipeline.report import build_report, summary_text
 from d365.pipeline.run_note import set_run_note
 from d365.pipeline.runfolder import RunFolder
@@ -144,6 +144,7 @@ def preflight(rc: RunContext) -> dict[str, Any]:
         "caller_id": who.get("UserId"),
         "dop_hint": dyn.dop_hint,
         "entity_set": meta.entity_set_name,
+        "primary_id": meta.primary_id,
         "alternate_key_status": key_status,
         "schema": schema_doc,
     }
@@ -161,6 +162,7 @@ def _attribute_doc(a: Any) -> dict[str, Any]:
         "IsValidForUpdate": a.valid_for_update,
         "RequiredLevel": a.required_level,
         "Format": a.format,
+        "DateTimeBehavior": a.date_behavior,
         "Options": [{"Value": v, "Label": label} for v, label in (a.options or {}).items()] if a.options else None,
     }
 
@@ -232,21 +234,22 @@ def extract_step(rc: RunContext) -> dict[str, Any]:
 def transform_step(rc: RunContext) -> dict[str, Any]:
     """Consent gate, then the mapping; every applicant leaves as a lead payload or an explained outcome."""
     from d365.pipeline.fit import LeadSchema
-    from d365.pipeline.mapping import Mapper
+    from d365.pipeline.mapping import Mapper, check_catalog, consent_status
 
     pre = rc.preflight()
     catalog = rc.folder.read_json(EXTRACT_CATALOG) or {}
-    consent_ids, consent_errors = rc.settings.consent.resolve(catalog.get("consents") or {})
-    if consent_errors:
-        raise PreflightError("consent settings: " + "; ".join(consent_errors))
+    catalog_errors = check_catalog(rc.settings, catalog)
+    if catalog_errors:
+        raise PreflightError("settings do not match DreamApply: " + "; ".join(catalog_errors))
+    email_column = rc.settings.dedupe.email_column
     schema = LeadSchema.from_metadata_json(pre["schema"])
     mapper = Mapper(rc.settings, schema, catalog, instance=pre["instance"])
     leads: list[dict[str, Any]] = []
     outcomes: list[dict[str, Any]] = []
     for applicant in rc.folder.read_jsonl(EXTRACT_APPLICANTS):
         aid = applicant.get("applicant_id")
-        missing = [cid for cid in sorted(consent_ids) if (applicant.get("consents") or {}).get(str(cid)) != "Accept"]
-        if missing:
+        consented, missing = consent_status(applicant, catalog, rc.settings)
+        if not consented:
             outcomes.append(
                 {"applicant_id": aid, "state": LeadState.SKIPPED_CONSENT.value, "reason": _consent_reason(missing)}
             )
@@ -272,7 +275,7 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
                 "applicant_id": aid,
                 "payload": mapped.payload,
                 "payload_hash": mapped.hash,
-                "email": mapped.payload.get("emailaddress1") or applicant.get("email"),
+                "email": mapped.payload.get(email_column) or applicant.get("email"),
                 "issues": [i.to_dict() for i in mapped.issues],
             }
         )
@@ -296,7 +299,7 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
     pre = rc.preflight()
     instance = pre["instance"]
     mapped = [
-        MappedLead(int(r["applicant_id"]), r["payload"], r["payload_hash"], r.get("email"))
+        LeadPayload(int(r["applicant_id"]), r["payload"], r["payload_hash"], r.get("email"))
         for r in rc.folder.read_jsonl(TRANSFORM_LEADS)
     ]
     ledger = Ledger(rc.ledger_url)
@@ -310,7 +313,7 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
     lookups = 0
     if unknown:
         dyn = DynamicsHook(s.dynamics.connection_id)
-        lookups = _lookup_existing(dyn, pre["entity_set"], s, unknown, by_key, by_email)
+        lookups = _lookup_existing(dyn, pre["entity_set"], pre["primary_id"], s, unknown, by_key, by_email)
     ops = plan_operations(
         mapped,
         entries,
@@ -333,13 +336,15 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
 def _lookup_existing(
     dyn: Any,
     entity_set: str,
+    primary_id: str,
     s: Settings,
-    unknown: list[MappedLead],
+    unknown: list[LeadPayload],
     by_key: dict[str, ExistingLead],
     by_email: dict[str, list[ExistingLead]],
 ) -> int:
     key_col = s.dynamics.alternate_key
-    select = ["leadid", "emailaddress1", "createdon", *([key_col] if key_col else [])]
+    email_column = s.dedupe.email_column
+    select = [primary_id, email_column, "createdon", *([key_col] if key_col else [])]
     requests = 0
 
     def fetch(column: str, values: list[str]) -> Iterable[dict[str, Any]]:
@@ -353,9 +358,9 @@ def _lookup_existing(
 
     def existing(row: Mapping[str, Any]) -> ExistingLead:
         return ExistingLead(
-            lead_id=row["leadid"],
+            lead_id=row[primary_id],
             applicant_key=(row.get(key_col) if key_col else None),
-            email=row.get("emailaddress1"),
+            email=row.get(email_column),
             createdon=row.get("createdon"),
         )
 
@@ -365,9 +370,9 @@ def _lookup_existing(
                 by_key.setdefault(str(row[key_col]), existing(row))
     if s.dedupe.adopt_existing_by_email:
         emails = sorted({m.email.strip().lower() for m in unknown if m.email and m.email.strip()})
-        for row in fetch("emailaddress1", emails):
-            if row.get("emailaddress1"):
-                by_email.setdefault(row["emailaddress1"].strip().lower(), []).append(existing(row))
+        for row in fetch(email_column, emails):
+            if row.get(email_column):
+                by_email.setdefault(row[email_column].strip().lower(), []).append(existing(row))
     return requests
 
 

@@ -229,6 +229,7 @@ class AttributeInfo:
     required_level: str = "None"
     options: dict[int, str] | None = None  # Picklist/State/Status/Boolean: value -> label
     format: str | None = None
+    date_behavior: str | None = None  # DateTime: UserLocal, DateOnly, TimeZoneIndependent
 
 
 @dataclass
@@ -659,6 +660,18 @@ class DynamicsHook(BaseHook):
                 if info is not None:
                     info.max_length = row.get("MaxLength")
                     info.format = row.get("Format") or info.format
+        if any(a.type == "DateTime" for a in attributes.values()):
+            # A DateOnly column takes "YYYY-MM-DD"; the mapping must know which columns those are.
+            for row in self._get_values(
+                f"{ref}/Attributes/Microsoft.Dynamics.CRM.DateTimeAttributeMetadata",
+                {"$select": "LogicalName,Format,DateTimeBehavior"},
+                strong=strong,
+            ):
+                info = attributes.get(row["LogicalName"])
+                if info is not None:
+                    behavior = row.get("DateTimeBehavior")
+                    info.format = row.get("Format") or info.format
+                    info.date_behavior = behavior.get("Value") if isinstance(behavior, dict) else behavior
         for kind, cast in _OPTION_CASTS.items():
             if not any(a.type == kind for a in attributes.values()):
                 continue

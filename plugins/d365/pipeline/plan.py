@@ -36,7 +36,7 @@ WRITES = (CREATE, UPDATE, ADOPT)
 
 
 @dataclass
-class MappedLead:
+class LeadPayload:
     """One applicant's lead payload as computed by ``mapping`` (what the transform step writes)."""
 
     applicant_id: int
@@ -71,13 +71,13 @@ class Operation:
         return cls(**data)
 
 
-def needs_lookup(mapped: Iterable[MappedLead], entries: Mapping[int, LedgerEntry]) -> list[MappedLead]:
+def needs_lookup(mapped: Iterable[LeadPayload], entries: Mapping[int, LedgerEntry]) -> list[LeadPayload]:
     """The applicants whose lead the ledger cannot name: only these cost Dynamics lookups."""
     return [m for m in mapped if (e := entries.get(m.applicant_id)) is None or not e.lead_id]
 
 
 def plan_operations(
-    mapped: Iterable[MappedLead],
+    mapped: Iterable[LeadPayload],
     entries: Mapping[int, LedgerEntry],
     *,
     instance: str,
@@ -132,13 +132,13 @@ def plan_operations(
 
 
 def _op(
-    aid: int, action: str, lead_id: str, m: MappedLead, *, adopted: bool = False, set_owner: bool = False
+    aid: int, action: str, lead_id: str, m: LeadPayload, *, adopted: bool = False, set_owner: bool = False
 ) -> Operation:
     payload = dict(m.payload) if action in WRITES else {}
     return Operation(aid, action, lead_id, m.payload_hash, payload, adopted=adopted, set_owner=set_owner)
 
 
-def _adoptable(m: MappedLead, by_email: Mapping[str, list[ExistingLead]], claimed: set[str]) -> ExistingLead | None:
+def _adoptable(m: LeadPayload, by_email: Mapping[str, list[ExistingLead]], claimed: set[str]) -> ExistingLead | None:
     if not m.email:
         return None
     candidates = [

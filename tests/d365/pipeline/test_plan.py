@@ -12,7 +12,7 @@ from d365.pipeline.plan import (
     UPDATE,
     UPDATES_OFF,
     ExistingLead,
-    MappedLead,
+    LeadPayload,
     needs_lookup,
     plan_operations,
     summarize,
@@ -21,8 +21,8 @@ from d365.pipeline.plan import (
 INSTANCE = "apply.example.edu"
 
 
-def lead(aid: int, h: str = "h", email: str | None = None) -> MappedLead:
-    return MappedLead(aid, {"firstname": f"A{aid}", "uni_applicantid": str(aid)}, h, email)
+def lead(aid: int, h: str = "h", email: str | None = None) -> LeadPayload:
+    return LeadPayload(aid, {"firstname": f"A{aid}", "uni_applicantid": str(aid)}, h, email)
 
 
 def entry(aid: int, lead_id: str | None, h: str | None = "h", state: LeadState = LeadState.SENT) -> LedgerEntry:
