@@ -11,10 +11,12 @@ preflight → extract → transform → plan → load → commit → report
 - commit: cursors advance only after the load succeeded.
 - report: created / updated / unchanged / skipped for consent / quarantined / failed, in the log,
   ``report.json`` in the run folder and the DAG run note (runs even when the load failed).
+- watcher: fails the DAG run when any task failed (so ``report`` running anyway cannot hide it).
 
 Params: ``full_resync`` (re-send everyone), ``applicant_ids`` (send just these, e.g. [123, 456]).
 Environment: ``D365_SYNC_SCHEDULE`` (default ``@hourly``), ``D365_SYNC_SETTINGS``, ``D365_SYNC_LEDGER_URL``,
-``D365_SYNC_RUN_ROOT``, ``D365_SYNC_TASK_RETRIES`` / ``D365_SYNC_RETRY_DELAY_SECONDS``.
+``D365_SYNC_RUN_ROOT``, ``D365_SYNC_BATCH_SIZE`` (operations per ``$batch``, default 100),
+``D365_SYNC_TASK_RETRIES`` / ``D365_SYNC_RETRY_DELAY_SECONDS``.
 Pools: ``dreamapply_api`` (extract) and ``dynamics365_api`` (preflight, plan, load).
 """
 
@@ -24,7 +26,7 @@ import os
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, chain, dag, get_current_context, task
 
 from d365.operators.load_leads import LoadLeadsOperator
 
@@ -103,6 +105,7 @@ def dreamapply_to_dynamics365() -> None:
         pool=DYNAMICS_POOL,
         run_folder="{{ ti.xcom_pull(task_ids='preflight')['run_folder'] }}",
         instance="{{ ti.xcom_pull(task_ids='preflight')['instance'] }}",
+        batch_size=int(os.environ.get("D365_SYNC_BATCH_SIZE", "100")),
     )
 
     @task
@@ -117,9 +120,14 @@ def dreamapply_to_dynamics365() -> None:
 
         return report_step(_run_context())
 
-    pre = preflight()
-    ext = extract()
-    pre >> ext >> transform() >> plan() >> load >> commit() >> report()
+    @task(trigger_rule="one_failed", retries=0)
+    def watcher() -> None:
+        """Fails the run when any task failed: ``report`` (all_done) must not turn a failed load green."""
+        raise RuntimeError("a task of this run failed; see the report task's summary and the failed task's log")
+
+    steps = [preflight(), extract(), transform(), plan(), load, commit(), report()]
+    chain(*steps)
+    steps >> watcher()
 
 
 dreamapply_to_dynamics365()

@@ -28,7 +28,9 @@ def test_sync_dag_shape(bag) -> None:  # type: ignore[no-untyped-def]
     assert dag.catchup is False
     assert {"full_resync", "applicant_ids"} <= set(dag.params)
     order = ["preflight", "extract", "transform", "plan", "load", "commit", "report"]
-    assert set(order) == set(dag.task_dict)
+    assert set(order) | {"watcher"} == set(dag.task_dict)
+    assert dag.task_dict["watcher"].trigger_rule == "one_failed"
+    assert set(dag.task_dict["watcher"].upstream_task_ids) == set(order)
     for upstream, downstream in itertools.pairwise(order):
         assert downstream in dag.task_dict[upstream].downstream_task_ids
     assert dag.task_dict["extract"].pool == "dreamapply_api"
