@@ -113,6 +113,11 @@ class Sandbox:
             self._started.set()
             loop.run_forever()
             loop.run_until_complete(self._stop_sites())
+            # Handlers still sleeping (latency/timeout faults) are cancelled, not destroyed mid-flight.
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=run, name="sandbox", daemon=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def sandbox_client() -> SandboxClient | None:
 def ensure_sandbox(applicants: int) -> SandboxClient:
     client = sandbox_client()
     if client is not None:
-        print(f"sandbox already running ({client.info['dynamics365']['org_url']})")
+        print(f"sandbox already running ({client.info['dynamics365']['org_url']})", file=sys.stderr)
         return client
     STATE_DIR.mkdir(exist_ok=True)
     (STATE_DIR / "sandbox.json").unlink(missing_ok=True)
@@ -64,7 +65,10 @@ def ensure_sandbox(applicants: int) -> SandboxClient:
             raise SystemExit(f"the sandbox exited; see {STATE_DIR / 'sandbox.log'}")
         client = sandbox_client()
         if client is not None:
-            print(f"sandbox started with {applicants} applicants (pid {proc.pid}; logs in .sandbox/sandbox.log)")
+            print(
+                f"sandbox started with {applicants} applicants (pid {proc.pid}; logs in .sandbox/sandbox.log)",
+                file=sys.stderr,
+            )
             return client
         time.sleep(0.2)
     raise SystemExit("the sandbox did not become ready in 120 s")
@@ -130,9 +134,20 @@ def main() -> int:
     ap.add_argument("--full-resync", action="store_true")
     ap.add_argument("--applicant-ids", default="")
     ap.add_argument("--stop-sandbox", action="store_true", help="stop the background sandbox and exit")
+    ap.add_argument(
+        "--print-env", action="store_true", help="print shell exports for running Airflow (e.g. the UI) on the sandbox"
+    )
     args = ap.parse_args()
     if args.stop_sandbox:
         stop_sandbox()
+        return 0
+    if args.print_env:
+        client = ensure_sandbox(args.applicants)
+        env = airflow_env(client.info)
+        keys = [k for k in env if k.startswith(("AIRFLOW", "D365_"))]
+        for key in sorted(keys):
+            print(f"export {key}={shlex.quote(env[key])}")
+        print(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH")
         return 0
 
     client = ensure_sandbox(args.applicants)
