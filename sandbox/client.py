@@ -83,3 +83,22 @@ class SandboxClient:
 
     def expire_tokens(self) -> None:
         self.post("/tokens/expire")
+
+
+def airflow_connections(info: dict[str, Any], **dreamapply_extra: Any) -> dict[str, dict[str, Any]]:
+    """The two Airflow connections (as ``AIRFLOW_CONN_*`` JSON objects) that point the sync at a sandbox."""
+    return {
+        "AIRFLOW_CONN_DYNAMICS365_DEFAULT": {
+            "conn_type": "dynamics365",
+            "host": info["dynamics365"]["org_url"],
+            "login": info["entra"]["client_id"],
+            "password": info["entra"]["client_secret"],
+            "extra": {"ca_bundle": info["ca_bundle"]},
+        },
+        "AIRFLOW_CONN_DREAMAPPLY_DEFAULT": {
+            "conn_type": "dreamapply",
+            "host": info["dreamapply"]["url"],
+            "password": info["dreamapply"]["api_key"],
+            "extra": {"ca_bundle": info["ca_bundle"], **dreamapply_extra},
+        },
+    }

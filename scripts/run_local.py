@@ -28,7 +28,7 @@ AIRFLOW_HOME = REPO / ".airflow"
 DAG_ID = "dreamapply_to_dynamics365"
 sys.path.insert(0, str(REPO))
 
-from sandbox.client import SandboxClient  # noqa: E402
+from sandbox.client import SandboxClient, airflow_connections  # noqa: E402
 
 
 def sandbox_client() -> SandboxClient | None:
@@ -95,25 +95,9 @@ def airflow_env(info: dict) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW_CONN_DYNAMICS365_DEFAULT": json.dumps(
-                {
-                    "conn_type": "dynamics365",
-                    "host": info["dynamics365"]["org_url"],
-                    "login": info["entra"]["client_id"],
-                    "password": info["entra"]["client_secret"],
-                    "extra": {"ca_bundle": info["ca_bundle"]},
-                }
-            ),
-            "AIRFLOW_CONN_DREAMAPPLY_DEFAULT": json.dumps(
-                {
-                    "conn_type": "dreamapply",
-                    "host": info["dreamapply"]["url"],
-                    "password": info["dreamapply"]["api_key"],
-                    "extra": {"ca_bundle": info["ca_bundle"]},
-                }
-            ),
         }
     )
+    env.update({name: json.dumps(conn) for name, conn in airflow_connections(info).items()})
     env.setdefault("D365_SYNC_TASK_RETRIES", "0")
     return env
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sandbox import Sandbox
-from sandbox.client import SandboxClient
+from sandbox.client import SandboxClient, airflow_connections
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "dreamapply_to_dynamics365"
@@ -68,29 +68,8 @@ def sync_env(
     def make(settings: Path | None = None, **sandbox_overrides: Any) -> SyncEnv:
         sb, client = make_sandbox(**{"dreamapply_requests_per_minute": 100_000, **sandbox_overrides})
         info = sb.info()
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_DYNAMICS365_DEFAULT",
-            json.dumps(
-                {
-                    "conn_type": "dynamics365",
-                    "host": info["dynamics365"]["org_url"],
-                    "login": info["entra"]["client_id"],
-                    "password": info["entra"]["client_secret"],
-                    "extra": {"ca_bundle": info["ca_bundle"]},
-                }
-            ),
-        )
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_DREAMAPPLY_DEFAULT",
-            json.dumps(
-                {
-                    "conn_type": "dreamapply",
-                    "host": info["dreamapply"]["url"],
-                    "password": info["dreamapply"]["api_key"],
-                    "extra": {"ca_bundle": info["ca_bundle"], "requests_per_minute": 100_000},
-                }
-            ),
-        )
+        for name, conn in airflow_connections(info, requests_per_minute=100_000).items():
+            monkeypatch.setenv(name, json.dumps(conn))
         ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
         run_root = tmp_path / "runs"
         monkeypatch.setenv("D365_SYNC_LEDGER_URL", ledger_url)

@@ -65,19 +65,15 @@ class RunFolder:
             return json.load(fh)
 
     def write_jsonl(self, name: str, rows: Iterable[Any]) -> int:
-        target = self.file(name)
-        count = 0
-        with target.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str))
-                fh.write("\n")
-                count += 1
-        return count
+        return self._jsonl(name, rows, "w")
 
     def append_jsonl(self, name: str, rows: Iterable[Any]) -> int:
-        target = self.file(name)
+        """Add rows (a retried task appends; readers let the last row of a key win)."""
+        return self._jsonl(name, rows, "a")
+
+    def _jsonl(self, name: str, rows: Iterable[Any], mode: str) -> int:
         count = 0
-        with target.open("a", encoding="utf-8") as fh:
+        with self.file(name).open(mode, encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str))
                 fh.write("\n")

@@ -11,20 +11,14 @@ import pytest
 
 from d365.hooks.dynamics import DynamicsHook
 from sandbox import Sandbox
-from sandbox.client import SandboxClient
+from sandbox.client import SandboxClient, airflow_connections
 
 CONN_ENV = "AIRFLOW_CONN_DYNAMICS365_DEFAULT"
 
 
 def connection_json(info: dict[str, Any], **overrides: Any) -> str:
     """The AIRFLOW_CONN_* JSON for a sandbox; ``extra_<name>`` overrides set extras, others top-level fields."""
-    conn: dict[str, Any] = {
-        "conn_type": "dynamics365",
-        "host": info["dynamics365"]["org_url"],
-        "login": info["entra"]["client_id"],
-        "password": info["entra"]["client_secret"],
-        "extra": {"ca_bundle": info["ca_bundle"]},
-    }
+    conn: dict[str, Any] = airflow_connections(info)["AIRFLOW_CONN_DYNAMICS365_DEFAULT"]
     for key, value in overrides.items():
         if key.startswith("extra_"):
             conn["extra"][key[len("extra_") :]] = value

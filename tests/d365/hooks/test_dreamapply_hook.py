@@ -15,18 +15,13 @@ from d365.hooks.dreamapply import DreamApiKeyAuth, DreamApplyHook
 from d365.hooks.errors import DreamApplyAuthError, DreamApplyError
 from d365.hooks.rate_limit import SlidingWindowLimiter
 from sandbox import Sandbox
-from sandbox.client import SandboxClient
+from sandbox.client import SandboxClient, airflow_connections
 
 FAST = {"retry_wait_min": 0.01, "retry_wait_max": 0.05}
 
 
 def set_connection(monkeypatch: pytest.MonkeyPatch, info: dict[str, Any], **overrides: Any) -> None:
-    conn: dict[str, Any] = {
-        "conn_type": "dreamapply",
-        "host": info["dreamapply"]["url"],
-        "password": info["dreamapply"]["api_key"],
-        "extra": {"ca_bundle": info["ca_bundle"]},
-    }
+    conn = airflow_connections(info)["AIRFLOW_CONN_DREAMAPPLY_DEFAULT"]
     conn.update(overrides)
     monkeypatch.setenv("AIRFLOW_CONN_DREAMAPPLY_DEFAULT", json.dumps(conn))
 

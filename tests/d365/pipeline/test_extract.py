@@ -17,7 +17,7 @@ from d365.hooks.dreamapply import DreamApplyHook
 from d365.hooks.errors import DreamApplyAuthError
 from d365.pipeline.extract import Cursors, ExtractResult, _ranges, extract, link_id
 from sandbox import Sandbox
-from sandbox.client import SandboxClient
+from sandbox.client import SandboxClient, airflow_connections
 
 EVENTS = [
     "Applicant registered",
@@ -42,12 +42,7 @@ OFFER_KEYS = {"id", "course_id", "type_id", "type_title", "decision", "inserted"
 
 
 def connect(monkeypatch: pytest.MonkeyPatch, info: dict[str, Any], **overrides: Any) -> None:
-    conn: dict[str, Any] = {
-        "conn_type": "dreamapply",
-        "host": info["dreamapply"]["url"],
-        "password": info["dreamapply"]["api_key"],
-        "extra": {"ca_bundle": info["ca_bundle"]},
-    }
+    conn = airflow_connections(info)["AIRFLOW_CONN_DREAMAPPLY_DEFAULT"]
     conn.update(overrides)
     monkeypatch.setenv("AIRFLOW_CONN_DREAMAPPLY_DEFAULT", json.dumps(conn))
 
