@@ -246,10 +246,15 @@ def resolve_consents(refs: Iterable[ConsentRef], catalog_consents: Mapping[str, 
     return ids, errors
 
 
+DEFAULT_WITHDRAWAL_FLAGS = ("donotemail", "donotbulkemail", "donotphone", "donotpostalmail", "donotfax", "donotsendmm")
+
+
 class ConsentSettings(_Model):
     required: tuple[ConsentRef, ...] = ()
     undecided_counts_as: Literal["not_given"] = "not_given"
     on_withdrawal: Literal["flag", "deactivate", "delete"] = "flag"
+    # "flag": these Boolean lead columns are set to 1 (Do Not Allow); the lead is no longer updated.
+    withdrawal_flags: tuple[str, ...] = DEFAULT_WITHDRAWAL_FLAGS
 
     def resolve(self, catalog_consents: Mapping[str, Any]) -> tuple[set[int], list[str]]:
         return resolve_consents(self.required, catalog_consents)
@@ -301,6 +306,27 @@ class FitPolicySettings(_Model):
     too_long: Literal["truncate", "quarantine"] = "truncate"
     wrong_type: Literal["quarantine"] = "quarantine"
     overrides: dict[str, FitOverride] = Field(default_factory=dict)
+
+
+class QualitySettings(_Model):
+    """Great Expectations checks on each extract (quality.py). Row failures are quarantined; these
+    batch-level limits fail the run before any write."""
+
+    # More than this fraction of the extracted applicants invalid → the run stops before the load.
+    max_invalid_fraction: float = Field(0.25, ge=0, le=1)
+    # The fraction applies only from this many rows on (a run with 3 applicants and 1 bad one is fine).
+    min_rows_for_threshold: StrictInt = Field(20, ge=0)
+    # A full extract may not shrink by more than this fraction against the previous full extract.
+    max_drop_fraction: float = Field(0.5, ge=0, le=1)
+    # Compare a full extract's row count with DreamApply's X-Count (HEAD /applicants).
+    check_api_count: StrictBool = True
+
+
+class ErasureSettings(_Model):
+    """Applicants DreamApply purged with a request to be forgotten."""
+
+    # delete the lead | anonymise it (personal columns cleared) | flag it (withdrawal flags, no more updates)
+    action: Literal["delete", "anonymise", "flag"] = "delete"
 
 
 class DedupeSettings(_Model):
@@ -425,6 +451,8 @@ class Settings(_Model):
     technical_contact: str | None = None
     fit_policy: FitPolicySettings = Field(default_factory=FitPolicySettings)
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    erasure: ErasureSettings = Field(default_factory=ErasureSettings)
     lead_stage: LeadStageSettings = Field(default_factory=LeadStageSettings)
     timezone: str = "UTC"
 
