@@ -15,10 +15,21 @@ from typing import Any
 
 from d365.pipeline.identity import instance_key
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
-from d365.pipeline.plan import WRITES, ExistingLead, LeadPayload, Operation, needs_lookup, plan_operations, summarize
+from d365.pipeline.plan import (
+    ERASE,
+    ERASED,
+    WITHDRAW,
+    WRITES,
+    ExistingLead,
+    LeadPayload,
+    Operation,
+    needs_lookup,
+    plan_operations,
+    summarize,
+)
 from d365.pipeline.report import build_report, summary_text
 from d365.pipeline.run_note import set_run_note
-from d365.pipeline.runfolder import RunFolder
+from d365.pipeline.runfolder import RunFolder, default_run_root
 from d365.pipeline.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +44,7 @@ PLAN_OPERATIONS = "plan/operations.jsonl"
 PLAN_META = "plan/meta.json"
 LOAD_RESULTS = "load/results.jsonl"
 LOAD_STATS = "load/stats.json"
+COMMIT_PRIVACY = "commit/privacy.json"  # erasures of the run (counts, failures): their own lines are scrubbed
 REPORT = "report.json"
 
 # Lookups of existing leads go in chunks small enough for a GET URL (values are escaped and encoded).
@@ -232,58 +244,81 @@ def extract_step(rc: RunContext) -> dict[str, Any]:
 
 # -- transform --------------------------------------------------------------------------------------
 def transform_step(rc: RunContext) -> dict[str, Any]:
-    """Consent gate, then the mapping; every applicant leaves as a lead payload or an explained outcome."""
+    """Quality (Great Expectations), consent gate, mapping: every applicant leaves as a lead payload or an
+    explained outcome (``triage``). A batch over the quality limits fails the task here, before any write:
+    the plan and the load never run."""
     from d365.pipeline.fit import LeadSchema
-    from d365.pipeline.mapping import Mapper, check_catalog, consent_status
+    from d365.pipeline.ledger import last_full_extract_rows, record_full_extract_rows
+    from d365.pipeline.mapping import check_catalog
+    from d365.pipeline.triage import QualityGateError, triage_applicants, write_artifacts
 
+    s = rc.settings
     pre = rc.preflight()
+    instance = pre["instance"]
     catalog = rc.folder.read_json(EXTRACT_CATALOG) or {}
-    catalog_errors = check_catalog(rc.settings, catalog)
+    catalog_errors = check_catalog(s, catalog)
     if catalog_errors:
         raise PreflightError("settings do not match DreamApply: " + "; ".join(catalog_errors))
-    email_column = rc.settings.dedupe.email_column
     schema = LeadSchema.from_metadata_json(pre["schema"])
-    mapper = Mapper(rc.settings, schema, catalog, instance=pre["instance"])
-    leads: list[dict[str, Any]] = []
-    outcomes: list[dict[str, Any]] = []
-    for applicant in rc.folder.read_jsonl(EXTRACT_APPLICANTS):
-        aid = applicant.get("applicant_id")
-        consented, missing = consent_status(applicant, catalog, rc.settings)
-        if not consented:
-            outcomes.append(
-                {"applicant_id": aid, "state": LeadState.SKIPPED_CONSENT.value, "reason": _consent_reason(missing)}
-            )
-            continue
-        mapped = mapper.map(applicant)
-        if not mapped.ok:
-            outcomes.append(
-                {"applicant_id": aid, "state": LeadState.QUARANTINED.value, "reason": mapped.quarantine_reason}
-            )
-            continue
-        if mapped.options_needed:
-            needed = ", ".join(f"{attr}={label!r}" for attr, label in mapped.options_needed)
-            outcomes.append(
-                {
-                    "applicant_id": aid,
-                    "state": LeadState.QUARANTINED.value,
-                    "reason": f"no picklist option for {needed}",
-                }
-            )
-            continue
-        leads.append(
-            {
-                "applicant_id": aid,
-                "payload": mapped.payload,
-                "payload_hash": mapped.hash,
-                "email": mapped.payload.get(email_column) or applicant.get("email"),
-                "issues": [i.to_dict() for i in mapped.issues],
-            }
+    records = list(rc.folder.read_jsonl(EXTRACT_APPLICANTS))
+
+    # A full extract (first load: both cursors still 0, or a resync) is checked against X-Count and the
+    # previous full extract; incremental and manual runs have nothing to compare their size with.
+    ledger = Ledger(rc.ledger_url)
+    try:
+        cursors = ledger.cursors(instance)
+        previous = last_full_extract_rows(ledger, instance)
+    finally:
+        ledger.dispose()
+    full = not rc.requested_ids and (rc.full_resync or not any(cursors.values()))
+    api_count = None
+    if full and s.quality.check_api_count:
+        from d365.hooks.dreamapply import DreamApplyHook
+
+        api_count = DreamApplyHook(s.dreamapply.connection_id).count("/applicants")
+
+    result = triage_applicants(
+        records,
+        catalog=catalog,
+        settings=s,
+        schema=schema,
+        instance=instance,
+        api_count=api_count,
+        previous_full_count=previous if full else None,
+        full_extract=full,
+    )
+    files = write_artifacts(rc.folder, result)
+    rc.folder.write_jsonl(TRANSFORM_OUTCOMES, result.ledger_outcomes())
+    counts = {k: v for k, v in result.counts().items() if k != "leads"}
+    if not result.ok:
+        rc.folder.write_jsonl(TRANSFORM_LEADS, [])  # nothing to plan, whatever runs next
+        message = (
+            "data quality gate failed, nothing was written to Dynamics: "
+            + "; ".join(result.batch_failures)
+            + f" (see {files['summary']})"
         )
-    rc.folder.write_jsonl(TRANSFORM_LEADS, leads)
-    rc.folder.write_jsonl(TRANSFORM_OUTCOMES, outcomes)
-    counts = _count(o["state"] for o in outcomes)
-    log.info("transform: %d lead payloads, %s", len(leads), counts)
-    return {"leads": len(leads), **counts}
+        log.error(message)
+        try:
+            from airflow.sdk.exceptions import AirflowFailException
+        except ImportError:  # pragma: no cover - Airflow-free callers
+            raise QualityGateError(message) from None
+        raise AirflowFailException(message)
+    rc.folder.write_jsonl(TRANSFORM_LEADS, result.leads)
+    if full:
+        ledger = Ledger(rc.ledger_url)
+        try:
+            record_full_extract_rows(ledger, instance, len(records))
+        finally:
+            ledger.dispose()
+    log.info(
+        "transform: %d lead payloads, %s; quality: %d of %d rows invalid (%s)",
+        len(result.leads),
+        counts,
+        result.quality.invalid_rows,
+        len(records),
+        files["summary"],
+    )
+    return {"leads": len(result.leads), **counts, "quality_invalid": result.quality.invalid_rows}
 
 
 def _consent_reason(missing: Iterable[int]) -> str:
@@ -292,21 +327,42 @@ def _consent_reason(missing: Iterable[int]) -> str:
 
 # -- plan -------------------------------------------------------------------------------------------
 def plan_step(rc: RunContext) -> dict[str, Any]:
-    """Ledger first; Dynamics is asked only about applicants the ledger cannot name."""
+    """Ledger first; Dynamics is asked only about applicants the ledger cannot name. Consent withdrawals
+    (skipped for consent, lead sent earlier) and erasures (``extract/meta.json``, plus failed erasures of
+    earlier runs) are planned here too (``privacy``)."""
     from d365.hooks.dynamics import DynamicsHook
+    from d365.pipeline.fit import LeadSchema
+    from d365.pipeline.privacy import (
+        DataMinimisationError,
+        erasure_operations,
+        pending_erasures,
+        unexpected_columns,
+        withdrawal_operations,
+    )
 
     s = rc.settings
     pre = rc.preflight()
     instance = pre["instance"]
+    meta = rc.folder.read_json(EXTRACT_META) or {}
+    erased_ids = {i for i in map(_applicant_id, meta.get("erased_applicant_ids") or []) if i is not None}
+    skipped = [
+        aid
+        for o in rc.folder.read_jsonl(TRANSFORM_OUTCOMES)
+        if o.get("state") == LeadState.SKIPPED_CONSENT.value and (aid := _applicant_id(o.get("applicant_id")))
+    ]
     mapped = [
         LeadPayload(int(r["applicant_id"]), r["payload"], r["payload_hash"], r.get("email"))
         for r in rc.folder.read_jsonl(TRANSFORM_LEADS)
+        if int(r["applicant_id"]) not in erased_ids
     ]
     ledger = Ledger(rc.ledger_url)
     try:
-        entries = ledger.entries(instance, [m.applicant_id for m in mapped])
+        failed = ledger.ids_in_state(instance, LeadState.FAILED)
+        entries = ledger.entries(instance, [*(m.applicant_id for m in mapped), *skipped, *erased_ids, *failed])
     finally:
         ledger.dispose()
+    erased_ids |= set(pending_erasures({i: entries[i] for i in failed if i in entries}))
+    mapped = [m for m in mapped if m.applicant_id not in erased_ids]
     unknown = needs_lookup(mapped, entries)
     by_key: dict[str, ExistingLead] = {}
     by_email: dict[str, list[ExistingLead]] = {}
@@ -326,6 +382,13 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
         requested=rc.requested_ids,
         force=rc.full_resync,
     )
+    ops += withdrawal_operations(skipped, entries, s, exclude=erased_ids)
+    schema = LeadSchema.from_metadata_json(pre["schema"]) if pre.get("schema") else None
+    ops += erasure_operations(erased_ids, entries, s, schema)
+    extra = unexpected_columns(ops, s)
+    if extra:  # data minimisation: nothing but the mapped columns may leave DreamApply
+        shown = "; ".join(f"applicant {aid}: {', '.join(cols)}" for aid, cols in sorted(extra.items())[:10])
+        raise DataMinimisationError(f"payloads hold columns outside data_mapping, nothing written: {shown}")
     rc.folder.write_jsonl(PLAN_OPERATIONS, (op.to_json() for op in ops))
     counts = summarize(ops)
     rc.folder.write_json(PLAN_META, {"owner_id": pre.get("owner_id"), "counts": counts, "lookup_requests": lookups})
@@ -378,25 +441,111 @@ def _lookup_existing(
 
 # -- commit -----------------------------------------------------------------------------------------
 def commit_step(rc: RunContext) -> dict[str, Any]:
-    """After the load: record the non-write outcomes and advance the cursors (never before)."""
+    """After the load: record the non-write outcomes, finish the erasures (ledger scrubbed, applicants
+    removed from every run folder) and advance the cursors (never before)."""
+    from d365.pipeline.privacy import personal_columns, scrub_run_files
+
     instance = rc.instance
     outcomes = list(rc.folder.read_jsonl(TRANSFORM_OUTCOMES))
     meta = rc.folder.read_json(EXTRACT_META) or {}
+    ops = [Operation.from_json(o) for o in rc.folder.read_jsonl(PLAN_OPERATIONS)]
+    results = _load_results(rc)
+    withdrawing = {op.applicant_id for op in ops if op.action == WITHDRAW}
+    erasing = {op.applicant_id: op for op in ops if op.action in (ERASE, ERASED)}
     ledger = Ledger(rc.ledger_url)
     try:
-        ledger.record(
-            instance,
-            (LedgerUpdate(int(o["applicant_id"]), LeadState(o["state"]), reason=o.get("reason")) for o in outcomes),
-            run_id=rc.run_id,
-        )
+        ids = [i for i in (_applicant_id(o.get("applicant_id")) for o in outcomes) if i is not None]
+        entries = ledger.entries(instance, [*ids, *erasing])
+        updates: list[LedgerUpdate] = []
+        for o in outcomes:
+            aid = _applicant_id(o.get("applicant_id"))
+            if aid is None or aid in withdrawing or aid in erasing:
+                continue  # no ledger row without an id; withdrawals and erasures were recorded by the load
+            state = LeadState(o["state"])
+            entry = entries.get(aid)
+            if entry is not None and (
+                entry.state is LeadState.ERASED
+                or (entry.state is LeadState.WITHDRAWN and state is LeadState.SKIPPED_CONSENT)
+            ):
+                continue  # still withdrawn (or erased): keep that state and its reason
+            updates.append(LedgerUpdate(aid, state, reason=o.get("reason")))
+        ledger.record(instance, updates, run_id=rc.run_id)
+
+        # erasures: without a lead (no request) recorded now; with a lead done when the load says so
+        done: dict[int, str] = {}
+        failures: list[dict[str, Any]] = []
+        fresh: list[LedgerUpdate] = []
+        for aid, op in sorted(erasing.items()):
+            reason = op.reason or "erased"
+            if op.action == ERASED:
+                entry = entries.get(aid)
+                if entry is not None and entry.state is LeadState.ERASED:
+                    reason = entry.reason or reason
+                else:
+                    fresh.append(LedgerUpdate(aid, LeadState.ERASED, reason=reason))
+                done[aid] = reason
+                continue
+            row = results.get(aid, {})
+            if row.get("outcome") == "erased":
+                done[aid] = reason + (" (the lead no longer existed)" if row.get("status") == 404 else "")
+            else:
+                failures.append(
+                    {
+                        "applicant_id": aid,
+                        "error_code": row.get("error_code") or "not_loaded",
+                        "error": row.get("error") or "the erasure did not reach Dynamics; retried next run",
+                    }
+                )
+        ledger.record(instance, fresh, run_id=rc.run_id)
+        by_reason: dict[str, list[int]] = {}
+        for aid, reason in done.items():
+            by_reason.setdefault(reason, []).append(aid)
+        for reason, group in by_reason.items():
+            ledger.scrub(instance, group, reason=reason)
         if rc.requested_ids:
             cursors = ledger.cursors(instance)  # a manual send does not move the cursors
         else:
             cursors = ledger.advance_cursors(instance, **meta.get("cursors", {}))
     finally:
         ledger.dispose()
-    log.info("committed %d outcomes; cursors now %s", len(outcomes), cursors)
-    return {"cursors": cursors}
+    scrubbed = 0
+    if erasing:
+        # every erased applicant leaves the run folders, a failed Dynamics action included: the ledger keeps
+        # what the retry needs (applicant id, lead id, reason)
+        keys = personal_columns(rc.settings)
+        root = default_run_root()
+        scrubbed = scrub_run_files(root, erasing, personal_keys=keys)
+        if not rc.folder.url.startswith(root.rstrip("/") + "/"):
+            scrubbed += scrub_run_files(rc.folder.url, erasing, personal_keys=keys)
+    rc.folder.write_json(COMMIT_PRIVACY, {"erased": len(done), "erase_failures": failures, "scrubbed": scrubbed})
+    log.info(
+        "committed %d outcomes; %d withdrawals, %d erasures (%d failed, %d run-file records scrubbed); cursors %s",
+        len(updates),
+        len(withdrawing),
+        len(done),
+        len(failures),
+        scrubbed,
+        cursors,
+    )
+    return {"cursors": cursors, "erased": len(done), "withdrawn": len(withdrawing)}
+
+
+def _applicant_id(value: Any) -> int | None:
+    """An applicant id as int, or None for anything that is not a positive whole number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip()) or None
+    return None
+
+
+def _load_results(rc: RunContext) -> dict[int, dict[str, Any]]:
+    results: dict[int, dict[str, Any]] = {}
+    for row in rc.folder.read_jsonl(LOAD_RESULTS):
+        results[int(row["applicant_id"])] = row  # a retried task appends: the last word counts
+    return results
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -405,21 +554,31 @@ def report_step(rc: RunContext) -> dict[str, Any]:
     extract_meta = rc.folder.read_json(EXTRACT_META) or {}
     outcomes = list(rc.folder.read_jsonl(TRANSFORM_OUTCOMES))
     ops = [Operation.from_json(o) for o in rc.folder.read_jsonl(PLAN_OPERATIONS)]
-    results: dict[int, dict[str, Any]] = {}
-    for row in rc.folder.read_jsonl(LOAD_RESULTS):
-        results[int(row["applicant_id"])] = row  # a retried task appends: the last word counts
-    counts: dict[str, int] = _count(o["state"] for o in outcomes)
+    results = _load_results(rc)
+    # erasures: the commit removed their lines from the run files and kept only counts and failures
+    privacy = rc.folder.read_json(COMMIT_PRIVACY) or {}
+    withdrawing = {op.applicant_id for op in ops if op.action == WITHDRAW}
+    counts: dict[str, int] = _count(
+        o["state"]
+        for o in outcomes
+        # a withdrawal is the applicant's one outcome, not also "skipped for consent"
+        if not (o["state"] == LeadState.SKIPPED_CONSENT.value and _applicant_id(o.get("applicant_id")) in withdrawing)
+    )
     for op in ops:
         if op.action in WRITES:
             outcome = results.get(op.applicant_id, {}).get("outcome", "failed")
             counts[outcome] = counts.get(outcome, 0) + 1
         else:
             counts[op.action] = counts.get(op.action, 0) + 1
+    erase_failures = list(privacy.get("erase_failures") or [])
+    counts["erased"] = counts.get("erased", 0) + int(privacy.get("erased", 0))
+    counts["failed"] = counts.get("failed", 0) + len(erase_failures)
     failures = [
         {"applicant_id": aid, "error_code": r.get("error_code"), "error": r.get("error")}
         for aid, r in sorted(results.items())
         if r.get("outcome") == "failed"
     ]
+    failures += erase_failures
     failures += [
         {"applicant_id": op.applicant_id, "error_code": "not_loaded", "error": "the load did not reach this record"}
         for op in ops

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
+from functools import cache
 from itertools import accumulate
+
+import phonenumbers
 
 from sandbox.data import names as N
 
@@ -102,7 +105,63 @@ def make_email(rng: random.Random, given_r: str, family_r: str) -> str:
     return f"{local}@{rng.choice(N.EMAIL_DOMAINS)}"
 
 
-def make_phone(rng: random.Random, cc: str) -> str | None:
+# Real applicants mostly type a valid number. ``draw_phone`` is the sandbox's original phone draw (same
+# calls on the main generator, so names, e-mails, consents and applications are unchanged);
+# ``realistic_phone`` then turns 97 in 100 of its random-digit numbers into a valid number of the locale's
+# country (phonenumbers' example numbers with random last digits, in the shapes people type them), with a
+# generator of its own seeded from the draw. Missing, empty and garbage phones stay as drawn. Templates
+# are built once per calling code; a number is string work (plus one parse for national and 00 forms).
+_SUFFIX_DIGITS = 4
+_MALFORMED_SHARE = 0.03
+
+
+def _with_suffix(text: str, suffix: str) -> str:
+    """``text`` with its last ``len(suffix)`` digits replaced by ``suffix`` (separators kept)."""
+    out = list(text)
+    k = len(suffix)
+    for i in range(len(out) - 1, -1, -1):
+        if k == 0:
+            break
+        if out[i].isdigit():
+            k -= 1
+            out[i] = suffix[k]
+    return "".join(out)
+
+
+@cache
+def phone_templates(cc: str) -> tuple[tuple[str, str, str], ...]:
+    """``(national significant number, national format, international format)`` per example number of the
+    calling code's main region whose last digits can be anything (checked once, here)."""
+    region = phonenumbers.region_code_for_country_code(int(cc))
+    found: list[tuple[str, str, str]] = []
+    for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE):
+        example = phonenumbers.example_number_for_type(region, kind)
+        if example is None:
+            continue
+        nsn = phonenumbers.national_significant_number(example)
+        national = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+        international = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        if all(
+            phonenumbers.is_valid_number(phonenumbers.parse(_with_suffix(international, s), None))
+            for s in ("0000", "1234", "5678", "9999")
+        ):
+            found.append((nsn, national, international))
+    return tuple(found)
+
+
+def _typed_at_home(text: str, citizenship: str | None) -> bool:
+    """Whether a national (or ``00``) form reads as a valid number with the citizenship as region."""
+    if not citizenship or len(citizenship) != 2:
+        return False
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(text, citizenship.upper()))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+def draw_phone(rng: random.Random, cc: str) -> str | None:
+    """The original draw: ``None``, ``""``, garbage or digits of a random shape. It consumes the main
+    generator exactly as before, so every other field of the dataset stays what it was."""
     r = rng.random()
     d = rng.randrange
     if r < 0.05:
@@ -132,6 +191,46 @@ def make_phone(rng: random.Random, cc: str) -> str | None:
     if r < 0.98:
         return f"+{cc} {d(1000, 9999)} {d(1000, 9999)} ext. {d(1, 999)}"
     return f" +{cc}  {d(100, 999)}  {d(10000, 99999)} "
+
+
+def realistic_phone(drawn: str | None, cc: str, citizenship: str | None = None) -> str | None:
+    """A drawn phone as applicants type it: most random-digit draws become valid numbers. National and
+    ``00`` forms are used where they are valid for the citizenship (a home number typed the local way),
+    otherwise the international form."""
+    if not drawn or not any(ch.isdigit() for ch in drawn) or drawn in N.GARBAGE_PHONES:
+        return drawn
+    templates = phone_templates(cc)
+    rng = random.Random(f"phone:{cc}:{drawn}")
+    r = rng.random()
+    if r < _MALFORMED_SHARE or not templates:
+        return drawn
+    nsn, national, intl = rng.choice(templates)
+    suffix = f"{rng.randrange(10**_SUFFIX_DIGITS):0{_SUFFIX_DIGITS}d}"
+    if r < 0.40:
+        return _with_suffix(intl, suffix)  # +372 5123 4567
+    if r < 0.55:
+        return _with_suffix(f"+{cc}{nsn}", suffix)  # +37251234567
+    if r < 0.62:
+        # 5123 4567, 8 (912) 345-67-89, 0037251234567: valid only read with the citizenship's region
+        typed = _with_suffix(national if r < 0.58 else f"00{cc}-{nsn}", suffix)
+        return typed if _typed_at_home(typed, citizenship) else _with_suffix(intl, suffix)
+    if r < 0.76:
+        head, _, rest = intl.partition(" ")
+        group, _, tail = rest.partition(" ")
+        return _with_suffix(f"{head} ({group}) {tail}" if tail else intl, suffix)  # +372 (5123) 4567
+    if r < 0.82:
+        return _with_suffix(intl.replace(" ", "-"), suffix)  # +372-5123-4567
+    if r < 0.85:
+        typed = _with_suffix(f"00 {cc} {nsn}", suffix)
+        return typed if _typed_at_home(typed, citizenship) else _with_suffix(intl, suffix)
+    if r < 0.97:
+        return _with_suffix(intl, suffix) + f" ext. {rng.randrange(1, 999)}"
+    return " " + _with_suffix(intl, suffix).replace(" ", "  ") + " "
+
+
+def make_phone(rng: random.Random, cc: str, citizenship: str | None = None) -> str | None:
+    """One phone (``draw_phone`` + ``realistic_phone``)."""
+    return realistic_phone(draw_phone(rng, cc), cc, citizenship)
 
 
 def make_profile(rng: random.Random, kind: str | None = None) -> dict:
@@ -206,7 +305,7 @@ def make_profile(rng: random.Random, kind: str | None = None) -> dict:
         elif r < 0.017:
             email = rng.choice(N.INVALID_EMAILS)
 
-    phone = make_phone(rng, loc.calling_code)
+    phone = draw_phone(rng, loc.calling_code)
     if kind == "phone_none":
         phone = None
     elif kind == "phone_empty":
@@ -223,6 +322,7 @@ def make_profile(rng: random.Random, kind: str | None = None) -> dict:
     elif r < 0.08:
         # studying abroad: a different, valid citizenship than the name suggests
         citizenship = rng.choice(pick_locale(rng).countries)
+    phone = realistic_phone(phone, loc.calling_code, citizenship)
     return {
         "given": given_out,
         "middle": middle,

@@ -4,6 +4,12 @@ Task semantics only: the plan comes from the run folder, the hook owns auth, wir
 A retry of this task (or a re-run of the DAG) skips operations the ledger already records as done with
 the same payload, and every write is an upsert by primary key, so nothing is written twice and no lead
 is created twice.
+
+Consent withdrawals and erasures (``privacy``) run in the same batches: a ``PATCH`` with ``If-Match: *``
+(update only: a lead that is gone is not re-created) or a ``DELETE``. Either answered 404 means the lead
+no longer exists, which counts as done. They end ``withdrawn`` / ``erased`` in the ledger, the lead id
+forgotten when the lead is gone. Error texts are stored without the values that were sent
+(``privacy.redact``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
-from d365.pipeline.plan import ADOPT, CREATE, WRITES, Operation
+from d365.pipeline.plan import ADOPT, CREATE, ERASE, PRIVACY_WRITES, WITHDRAW, WRITES, Operation
+from d365.pipeline.privacy import redact
 from d365.pipeline.runfolder import RunFolder
 
 PLAN_FILE = "plan/operations.jsonl"
@@ -23,8 +30,12 @@ RESULTS_FILE = "load/results.jsonl"
 STATS_FILE = "load/stats.json"
 
 
+# what a privacy write becomes in the ledger and in load/results.jsonl
+PRIVACY_OUTCOMES = {WITHDRAW: ("withdrawn", LeadState.WITHDRAWN), ERASE: ("erased", LeadState.ERASED)}
+
+
 class LoadLeadsOperator(BaseOperator):
-    """Upsert the run's planned leads.
+    """Upsert the run's planned leads; apply the planned consent withdrawals and erasures.
 
     :param run_folder: URL of the run folder holding ``plan/operations.jsonl`` (templated)
     :param instance: the DreamApply instance key the ledger rows belong to (templated)
@@ -97,7 +108,10 @@ class LoadLeadsOperator(BaseOperator):
         pending = []
         for op in writes:
             e = entries.get(op.applicant_id)
-            if (
+            if op.action in PRIVACY_WRITES:
+                if e is not None and e.state is PRIVACY_OUTCOMES[op.action][1]:
+                    continue
+            elif (
                 e is not None
                 and e.state is LeadState.SENT
                 and e.payload_hash == op.payload_hash
@@ -108,6 +122,16 @@ class LoadLeadsOperator(BaseOperator):
         return pending
 
     def _batch_operation(self, factory: Any, op: Operation, owner_id: str | None) -> Any:
+        if op.action in PRIVACY_WRITES:
+            if op.method == "DELETE":
+                return factory(method="DELETE", url=f"{self.entity_set}({op.lead_id})", record=str(op.applicant_id))
+            return factory(
+                method="PATCH",
+                url=f"{self.entity_set}({op.lead_id})",
+                body=dict(op.payload),
+                headers={"If-Match": "*"},  # update only: never re-create a lead that is gone
+                record=str(op.applicant_id),
+            )
         body = dict(op.payload)
         if op.set_owner and owner_id:
             body["ownerid@odata.bind"] = f"/systemusers({owner_id})"
@@ -124,6 +148,34 @@ class LoadLeadsOperator(BaseOperator):
         updates: list[LedgerUpdate] = []
         rows: list[dict[str, Any]] = []
         for op, res in zip(chunk, results, strict=True):
+            if op.action in PRIVACY_WRITES and (
+                res.status == 404 or (res.error is None and res.status is not None and 200 <= res.status < 300)
+            ):
+                outcome, state = PRIVACY_OUTCOMES[op.action]
+                gone = op.method == "DELETE" or res.status == 404
+                reason = op.reason or outcome
+                if res.status == 404:
+                    reason += " (the lead no longer existed)"
+                updates.append(
+                    LedgerUpdate(
+                        op.applicant_id,
+                        state,
+                        lead_id=None if gone else op.lead_id,
+                        reason=reason,
+                        clear_lead_id=gone,
+                    )
+                )
+                rows.append(
+                    {
+                        "applicant_id": op.applicant_id,
+                        "lead_id": None if gone else op.lead_id,
+                        "outcome": outcome,
+                        "status": res.status,
+                        "action": op.action,
+                        "method": op.method,
+                    }
+                )
+                continue
             if res.error is None and res.status is not None and 200 <= res.status < 300:
                 if op.action == ADOPT:
                     outcome = "adopted"
@@ -148,12 +200,14 @@ class LoadLeadsOperator(BaseOperator):
             err = res.error
             code = getattr(err, "code", None) or (str(res.status) if res.status else "not_executed")
             message = getattr(err, "message", None) or "the operation was not executed"
+            message = redact(message, op.payload.values()) or message
             updates.append(
                 LedgerUpdate(
                     op.applicant_id,
                     LeadState.FAILED,
                     lead_id=op.lead_id,
-                    payload_hash=op.payload_hash,
+                    payload_hash=op.payload_hash or None,
+                    reason=op.reason,  # a failed withdrawal or erasure is planned again next run
                     error_code=code,
                     error=message[:500],
                 )

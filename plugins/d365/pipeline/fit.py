@@ -36,6 +36,9 @@ anything else       wrong type (Lookups/owner are bound by the load, not mapped)
 
 A wrong type always quarantines the record (the reason names the attribute). ``None`` is always
 accepted (it clears the column).
+
+Messages never quote the value (``describe_value``: its type and length): they reach quarantine files,
+reports and the ledger, which carry applicant IDs and reasons, never names, e-mails or phones.
 """
 
 from __future__ import annotations
@@ -260,9 +263,28 @@ def cut_utf16(text: str, limit: int) -> str:
     return text
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def describe_value(value: Any) -> str:
+    """What a value is, never what it says: messages end up in quarantine files, reports and the ledger,
+    which must not carry names, e-mails or phones (data minimisation)."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"text of {len(value)} characters"
+    if isinstance(value, bool):
+        return "a yes/no value"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float | Decimal):
+        return "a number"
+    if isinstance(value, datetime):
+        return "a date/time"
+    if isinstance(value, date):
+        return "a date"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} items"
+    if isinstance(value, Mapping):
+        return f"an object of {len(value)} keys"
+    return f"a {type(value).__name__}"
 
 
 def is_date_only_value(value: Any) -> bool:
@@ -329,7 +351,7 @@ def _fit_datetime(spec: AttributeSpec, value: Any, policy: FitPolicy) -> tuple[A
 
 
 def _wrong(attribute: str, value: Any, why: str) -> FitIssue:
-    return FitIssue(attribute, "wrong_type", f"{why}: {_short(value)}", "quarantine")
+    return FitIssue(attribute, "wrong_type", f"{why} (got {describe_value(value)})", "quarantine")
 
 
 def _as_text(value: Any, policy: FitPolicy) -> str | None:
@@ -379,7 +401,7 @@ def _fit_picklist(spec: AttributeSpec, value: Any, policy: FitPolicy) -> tuple[A
     if isinstance(value, int) and not isinstance(value, bool):
         if value in options:
             return value, None
-        why = f"{value} is not an option value{_options_hint(spec)}"
+        why = f"the whole number is not an option value{_options_hint(spec)}"
         return None, FitIssue(name, "missing_option", why, "quarantine")
     if not (policy.picklist and isinstance(value, str)):
         return None, _wrong(name, value, "a picklist takes an option value (or a label with picklist: true)")
@@ -387,12 +409,15 @@ def _fit_picklist(spec: AttributeSpec, value: Any, policy: FitPolicy) -> tuple[A
     found = spec.option_for(label)
     if found is not None:
         return found, None
+    # Messages describe the label (its length), never quote it: ``label`` carries it where the load needs it.
+    size = f"a label of {len(label)} characters"
     if policy.on_missing_option == "ignore":
-        return None, FitIssue(name, "option_ignored", f"no option {label!r}; attribute left out", "dropped")
+        return None, FitIssue(name, "option_ignored", f"no option matches {size}; attribute left out", "dropped")
     if policy.on_missing_option == "add" and policy.may_add(label):
-        return None, FitIssue(name, "option_needed", f"needs option {label!r}", "needs_option", label=label)
+        return None, FitIssue(name, "option_needed", f"needs a new option for {size}", "needs_option", label=label)
     why = " and it is not in add_allowlist" if policy.on_missing_option == "add" else ""
-    return None, FitIssue(name, "missing_option", f"no option {label!r}{why}{_options_hint(spec)}", "quarantine")
+    why = f"no option matches {size}{why}{_options_hint(spec)}"
+    return None, FitIssue(name, "missing_option", why, "quarantine")
 
 
 _TRUE = {"true", "yes", "1", "y"}
@@ -615,6 +640,29 @@ def check_mapping(settings: Settings, schema: Mapping[str, AttributeSpec]) -> li
         spec = schema.get(column)
         if spec is None or spec.type != "String":
             errors.append(f"dedupe.email_column: {column!r} is not a text attribute of the {entity} table")
+    errors += _check_privacy_columns(settings, schema, entity)
+    return errors
+
+
+def _check_privacy_columns(settings: Settings, schema: Mapping[str, AttributeSpec], entity: str) -> list[str]:
+    """The columns consent withdrawal and erasure write: the withdrawal flags (Boolean, updatable) when an
+    action flags, the state and status when withdrawal deactivates."""
+    errors: list[str] = []
+    if "flag" in (settings.consent.on_withdrawal, settings.erasure.action):
+        for column in settings.consent.withdrawal_flags:
+            spec = schema.get(column)
+            where = "consent.withdrawal_flags"
+            if spec is None:
+                errors.append(f"{where}: the {entity} table has no attribute {column!r}{_close_attr(column, schema)}")
+            elif spec.type != "Boolean":
+                errors.append(f"{where}: attribute {column!r} is {spec.type}, a Boolean column is needed")
+            elif not spec.valid_for_update:
+                errors.append(f"{where}: attribute {column!r} is not valid for update")
+    if settings.consent.on_withdrawal == "deactivate":
+        for column in ("statecode", "statuscode"):
+            spec = schema.get(column)
+            if spec is None or not spec.valid_for_update:
+                errors.append(f"consent.on_withdrawal: deactivate needs an updatable {column!r} on the {entity} table")
     return errors
 
 

@@ -87,6 +87,7 @@ class LedgerUpdate:
     error_code: str | None = None
     error: str | None = None
     synced: bool = False  # the lead now holds payload_hash (sets last_synced_at)
+    clear_lead_id: bool = False  # the lead is gone (deleted): forget its id instead of keeping the last one
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -192,7 +193,10 @@ class Ledger:
         """Bulk-upsert outcomes. A failure keeps the last good lead id and hash; attempts count failures."""
         now = _now()
         rows = []
+        cleared: list[int] = []
         for u in updates:
+            if u.clear_lead_id:
+                cleared.append(int(u.applicant_id))
             failed = u.state is LeadState.FAILED
             rows.append(
                 {
@@ -238,6 +242,12 @@ class Ledger:
                             "last_run_id": ex.last_run_id,
                         },
                     )
+                )
+            for start in range(0, len(cleared), 2000):
+                conn.execute(
+                    sa.update(ledger_table)
+                    .where(c.instance == instance, c.applicant_id.in_(cleared[start : start + 2000]))
+                    .values(lead_id=None)
                 )
         return len(rows)
 
@@ -302,3 +312,42 @@ def default_ledger_url() -> str:
     home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow").resolve()
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / 'd365_ledger.db'}"
+
+
+# -- quality: the size of the last full extract (for quality.max_drop_fraction) -----------------------
+# A table of its own: the cursor table's rows are all read as cursors by ``Ledger.cursors``.
+quality_table = sa.Table(
+    "d365_sync_quality",
+    metadata,
+    sa.Column("instance", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+LAST_FULL_EXTRACT_ROWS = "last_full_extract_rows"
+
+
+def last_full_extract_rows(ledger: Ledger, instance: str) -> int | None:
+    """Rows of the last full extract (first load or resync) that passed the quality checks, or None."""
+    metadata.create_all(ledger.engine, tables=[quality_table])
+    with ledger.engine.connect() as conn:
+        value = conn.execute(
+            sa.select(quality_table.c.value).where(
+                quality_table.c.instance == instance, quality_table.c.name == LAST_FULL_EXTRACT_ROWS
+            )
+        ).scalar()
+    return None if value is None else int(value)
+
+
+def record_full_extract_rows(ledger: Ledger, instance: str, rows: int) -> None:
+    metadata.create_all(ledger.engine, tables=[quality_table])
+    now = _now()
+    insert = ledger._insert(quality_table).values(
+        instance=instance, name=LAST_FULL_EXTRACT_ROWS, value=int(rows), updated_at=now
+    )
+    with ledger.engine.begin() as conn:
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["instance", "name"], set_={"value": int(rows), "updated_at": now}
+            )
+        )

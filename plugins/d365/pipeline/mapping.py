@@ -57,6 +57,7 @@ from d365.pipeline.fit import (
     AttributeSpec,
     FitIssue,
     FitPolicy,
+    describe_value,
     fit_value,
     format_temporal,
     is_date_only_value,
@@ -387,12 +388,12 @@ class Mapper:
         if not isinstance(applicant, Mapping):
             return MappedLead(None, {}, quarantine_reason=f"not an applicant record ({type(applicant).__name__})")
         if applicant_id is None or applicant_id <= 0:
-            reason = f"applicant_id is missing or not a positive integer: {str(raw_id)[:60]!r}"
+            reason = f"applicant_id is missing or not a positive integer (got {describe_value(raw_id)})"
             return MappedLead(None, {}, quarantine_reason=reason)
         try:
             return self._map(applicant, applicant_id)
         except Exception as exc:  # never raise on data
-            reason = f"internal error while mapping: {type(exc).__name__}: {str(exc)[:200]}"
+            reason = f"internal error while mapping: {type(exc).__name__}"  # the text may quote values
             return MappedLead(applicant_id, {}, quarantine_reason=reason)
 
     def _map(self, applicant: Mapping[str, Any], applicant_id: int) -> MappedLead:
@@ -493,7 +494,8 @@ class Mapper:
             use = default if fmt in (None, "text") else fmt
             text = format_temporal(raw, use, plan.policy.timezone)
             if text is None:
-                return None, FitIssue(attribute, "wrong_type", f"not a date/time: {str(raw)[:60]!r}", "quarantine")
+                why = f"not a date/time (got {describe_value(raw)})"
+                return None, FitIssue(attribute, "wrong_type", why, "quarantine")
             return text, None
         if fmt == "text" and not isinstance(raw, str):
             if isinstance(raw, bool):
@@ -530,10 +532,10 @@ class Mapper:
             with_extension = f"{e164} ext. {number.extension}"
             if limit is None or utf16_len(with_extension) <= limit:
                 return with_extension, None
-            why = f"extension {number.extension} does not fit in {limit} characters; sent without it"
+            why = f"the number with its extension does not fit in {limit} characters; sent without the extension"
             return e164, FitIssue(attribute, "phone_extension_dropped", why)
         text = " ".join(raw.split())
-        where = f" for region {region}" if region else " (no country code, no valid citizenship)"
+        where = " for the citizenship's region" if region else " (no country code, no valid citizenship)"
         if limit is None or utf16_len(text) <= limit:
             return text, FitIssue(attribute, "invalid_phone", f"not a valid phone number{where}; sent as entered")
         return None, FitIssue(
@@ -547,8 +549,7 @@ class Mapper:
             return raw, None
         code = country_code(raw)
         if code is None:
-            shown = raw if len(raw) <= 40 else raw[:37] + "..."
-            why = f"{shown!r} is not an ISO 3166-1 country; left out"
+            why = f"text of {len(raw)} characters is not an ISO 3166-1 country; left out"
             return None, FitIssue(attribute, "invalid_country", why, "dropped")
         return (country_name(code) if fmt == "country_name" else code), None
 

@@ -15,6 +15,11 @@ same email). The rules, in order:
 
 Every write is ``PATCH leads(<id>)``, an upsert, so replaying a plan after a crash is harmless.
 Two applicants sharing one email never share a lead: only the lowest applicant id may adopt it.
+An applicant the ledger marks ``erased`` is never sent again (``erased``, no request), even if it reappears.
+
+Consent withdrawal and erasure (``privacy``) add ``withdraw`` and ``erase`` writes: a ``PATCH`` that only
+updates (``If-Match: *``, never creates) or a ``DELETE`` (``Operation.method``); ``erased`` is the erasure of
+an applicant without a lead (recorded by the commit, no request).
 """
 
 from __future__ import annotations
@@ -32,7 +37,12 @@ ADOPT = "adopt"
 UNCHANGED = "unchanged"
 NOT_SELECTED = "not_selected"  # new applicant, send_all_new off, not requested
 UPDATES_OFF = "updates_off"  # known lead, automatic updates off, not requested
-WRITES = (CREATE, UPDATE, ADOPT)
+WITHDRAW = "withdraw"  # consent withdrawn after sending: flag, deactivate or delete the lead (privacy.py)
+ERASE = "erase"  # right to be forgotten: delete, anonymise or flag the lead (privacy.py)
+ERASED = "erased"  # erased applicant without a lead to act on, or erased earlier: no request
+UPSERTS = (CREATE, UPDATE, ADOPT)
+PRIVACY_WRITES = (WITHDRAW, ERASE)
+WRITES = (*UPSERTS, *PRIVACY_WRITES)
 
 
 @dataclass
@@ -62,6 +72,8 @@ class Operation:
     payload: dict[str, Any] = field(default_factory=dict)
     adopted: bool = False
     set_owner: bool = False
+    method: str = "PATCH"  # "DELETE" for a withdrawal or erasure that deletes the lead
+    reason: str | None = None  # withdraw / erase / erased: what was done and why (goes to the ledger)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,8 +84,12 @@ class Operation:
 
 
 def needs_lookup(mapped: Iterable[LeadPayload], entries: Mapping[int, LedgerEntry]) -> list[LeadPayload]:
-    """The applicants whose lead the ledger cannot name: only these cost Dynamics lookups."""
-    return [m for m in mapped if (e := entries.get(m.applicant_id)) is None or not e.lead_id]
+    """The applicants whose lead the ledger cannot name: only these cost Dynamics lookups (erased ones never)."""
+    return [
+        m
+        for m in mapped
+        if (e := entries.get(m.applicant_id)) is None or (not e.lead_id and e.state is not LeadState.ERASED)
+    ]
 
 
 def plan_operations(
@@ -99,6 +115,9 @@ def plan_operations(
         entry = entries.get(aid)
         asked = aid in requested_ids
         known_id = entry.lead_id if entry is not None else None
+        if entry is not None and entry.state is LeadState.ERASED:
+            ops.append(Operation(aid, ERASED, known_id, "", reason="erased earlier: never sent again"))
+            continue
         if known_id:
             if (
                 not force
@@ -134,7 +153,7 @@ def plan_operations(
 def _op(
     aid: int, action: str, lead_id: str, m: LeadPayload, *, adopted: bool = False, set_owner: bool = False
 ) -> Operation:
-    payload = dict(m.payload) if action in WRITES else {}
+    payload = dict(m.payload) if action in UPSERTS else {}
     return Operation(aid, action, lead_id, m.payload_hash, payload, adopted=adopted, set_owner=set_owner)
 
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 # The order in which outcomes are shown; every applicant of a run lands in exactly one of these.
+# ``erased`` applicants are not in the extract (DreamApply purged them): ``accounted_for`` is the extract
+# plus the erasures of the run.
 OUTCOMES = (
     "created",
     "updated",
@@ -16,6 +18,8 @@ OUTCOMES = (
     "failed",
     "not_selected",
     "updates_off",
+    "withdrawn",
+    "erased",
 )
 LABELS = {
     "created": "created",
@@ -27,6 +31,8 @@ LABELS = {
     "failed": "failed (retried next run)",
     "not_selected": "not selected (send all new is off)",
     "updates_off": "not updated (automatic updates are off)",
+    "withdrawn": "consent withdrawn (lead flagged, deactivated or deleted)",
+    "erased": "erased (right to be forgotten)",
 }
 
 
@@ -41,9 +47,14 @@ def build_report(
     failures: list[dict[str, Any]] | None = None,
     quarantine: list[dict[str, Any]] | None = None,
     dry_run: bool = False,
+    quality: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``quality``: the transform's ``quality/summary.json``; when not given it is read from the run's
+    default folder (``$D365_SYNC_RUN_ROOT/<dag>/<run>``), so the note links the GX summary and result."""
     counts = {k: int(outcomes.get(k, 0)) for k in OUTCOMES}
-    return {
+    if quality is None:
+        quality = quality_summary(dag_id, run_id)
+    report = {
         "dag_id": dag_id,
         "run_id": run_id,
         "dry_run": dry_run,
@@ -56,6 +67,30 @@ def build_report(
         "failures": failures or [],
         "quarantine": quarantine or [],
     }
+    if quality:
+        files = quality.get("files") or {}
+        report["quality"] = {
+            "ok": quality.get("ok"),
+            "invalid_rows": quality.get("invalid_rows"),
+            "quarantined": counts.get("quarantined", 0),
+            "batch_failures": [f"{b['check']}: {b['detail']}" for b in quality.get("batch") or [] if not b.get("ok")],
+            "summary": files.get("summary"),
+            "gx_result": files.get("gx_result"),
+            "quarantine_file": files.get("quarantine"),
+        }
+    return report
+
+
+def quality_summary(dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """The run's ``quality/summary.json`` in its default run folder, or None (never raises)."""
+    try:
+        from d365.pipeline.runfolder import RunFolder, _safe, default_run_root
+
+        folder = RunFolder(f"{default_run_root().rstrip('/')}/{_safe(dag_id)}/{_safe(run_id)}")
+        found = folder.read_json("quality/summary.json")
+        return found if isinstance(found, dict) else None
+    except Exception:
+        return None
 
 
 def summary_text(report: Mapping[str, Any]) -> str:
@@ -69,5 +104,12 @@ def summary_text(report: Mapping[str, Any]) -> str:
             "Dynamics requests: {requests}, retries: {retries}, throttled: {throttled}".format(
                 requests=load.get("requests", 0), retries=load.get("retries", 0), throttled=load.get("throttled", 0)
             )
+        )
+    quality = report.get("quality") or {}
+    if quality.get("summary"):
+        stopped = "" if quality.get("ok", True) else " (quality gate FAILED: nothing written)"
+        lines.append(
+            f"quality: {quality.get('quarantined', 0)} quarantined{stopped}, see {quality['summary']}"
+            + (f" (GX result: {quality['gx_result']})" if quality.get("gx_result") else "")
         )
     return "\n".join(lines)

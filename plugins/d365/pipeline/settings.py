@@ -320,6 +320,10 @@ class QualitySettings(_Model):
     max_drop_fraction: float = Field(0.5, ge=0, le=1)
     # Compare a full extract's row count with DreamApply's X-Count (HEAD /applicants).
     check_api_count: StrictBool = True
+    # The count may differ by this fraction of X-Count, rounded up (applicants registered during the run).
+    api_count_tolerance: float = Field(0.01, ge=0, le=1)
+    # An applicant without an e-mail address is quarantined (false: sent without one; the lead allows it).
+    quarantine_missing_email: StrictBool = False
 
 
 class ErasureSettings(_Model):

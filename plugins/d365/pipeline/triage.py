@@ -1,0 +1,219 @@
+"""Every extracted applicant → exactly one of: a lead payload, skipped for consent, quarantined with reasons.
+
+Airflow-free; ``transform_step`` calls :func:`triage_applicants` and :func:`write_artifacts`.
+
+Order, per row (the quality checks run first, over the whole batch, in one Great Expectations validation):
+
+1. **Identity** (quality): not a record, no usable applicant id, or a duplicated id → quarantined. Nothing
+   else can be said about a row that cannot be named.
+2. **Consent**: the required consents (settings ``consent.required``) not all accepted → skipped for
+   consent, whatever the rest of the data looks like. Such an applicant is never sent, and the ledger and
+   report say "consent" rather than a data problem the university cannot act on without consent anyway.
+   Consent comes before the content checks also because a lead sent earlier must then be withdrawn
+   (plan), which a quarantine would prevent. (Their data problems still count in the batch's invalid
+   fraction.)
+3. **Content** (quality): e-mail, phone, citizenship, names, dates, lengths → quarantined.
+4. **Mapping** (``Mapper``): a value that does not fit its column → quarantined; otherwise a lead payload.
+
+Reasons name the check and the field, never a value: quality reasons come from ``quality.Check``; mapping
+reasons are rebuilt from the fit issues' attribute and code (a fit message may quote the value).
+
+The batch fails (``TriageResult.ok`` is False; the caller stops before any write) when a quality batch
+check fails: the row count against ``X-Count`` or the previous full extract, or more rows failing the
+quality checks than ``quality.max_invalid_fraction`` (every row counts, with or without consent: the
+extract is judged as a whole). Mapping quarantines (a missing picklist option, a value of the wrong type
+for its column) are configuration matters and do not count towards the fraction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from d365.pipeline.fit import AttributeSpec
+from d365.pipeline.ledger import LeadState
+from d365.pipeline.quality import QualityResult, summary_markdown, validate_applicants
+from d365.pipeline.settings import Settings
+
+QUALITY_QUARANTINE = "quality/quarantine.jsonl"
+QUALITY_GX_RESULT = "quality/gx_result.json"
+QUALITY_SUMMARY = "quality/summary.md"
+QUALITY_SUMMARY_JSON = "quality/summary.json"
+
+# fit issue codes whose message holds no value (sizes, "no value") and may be shown in a reason
+_SAFE_MESSAGES = frozenset({"too_long", "empty", "unknown_attribute", "error"})
+
+
+class QualityGateError(Exception):
+    """The batch failed its quality limits: stop before any write (Airflow-free stand-in)."""
+
+
+@dataclass
+class TriageResult:
+    leads: list[dict[str, Any]]  # applicant_id, payload, payload_hash, email, issues (transform/leads.jsonl)
+    outcomes: list[dict[str, Any]]  # one per row that is not a lead: applicant_id, state, reason, row
+    quality: QualityResult
+    batch: list[dict[str, Any]] = field(default_factory=list)  # the batch-level checks (quality)
+    lead_rows: list[int] = field(default_factory=list)  # row position of each lead
+
+    @property
+    def batch_failures(self) -> list[str]:
+        return [f"{b['check']}: {b['detail']}" for b in self.batch if not b["ok"]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.batch_failures
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {"leads": len(self.leads)}
+        for o in self.outcomes:
+            out[o["state"]] = out.get(o["state"], 0) + 1
+        return out
+
+    def quarantine_rows(self) -> list[dict[str, Any]]:
+        """The quarantine file's rows: applicant id (None when unknown), row number, reasons."""
+        return [
+            {"applicant_id": o["applicant_id"], "row": o["row"], "reasons": o["reasons"]}
+            for o in self.outcomes
+            if o["state"] == LeadState.QUARANTINED.value
+        ]
+
+    def ledger_outcomes(self) -> list[dict[str, Any]]:
+        """transform/outcomes.jsonl: one row per applicant id (the rows of a duplicated id share one
+        quarantine), plus every row without an id (``applicant_id`` None and its ``row``: counted in the
+        report, never recorded in the ledger)."""
+        seen: set[int] = set()
+        out = []
+        for o in self.outcomes:
+            aid = o["applicant_id"]
+            if aid is not None:
+                if aid in seen:
+                    continue
+                seen.add(aid)
+            out.append({"applicant_id": aid, "row": o["row"], "state": o["state"], "reason": o["reason"]})
+        return out
+
+
+def consent_reason(missing: Iterable[int]) -> str:
+    ids = list(missing)
+    if not ids:
+        return "required consent not accepted: a consent reference matches no consent definition"
+    return "required consent not accepted: " + ", ".join(f"consent {cid}" for cid in ids)
+
+
+def mapping_reason(mapped: Any) -> str:
+    parts = []
+    for issue in getattr(mapped, "issues", ()) or ():
+        if getattr(issue, "quarantines", False):
+            text = f"{issue.attribute}: {issue.code}"
+            if issue.code in _SAFE_MESSAGES:
+                text += f" ({issue.message})"
+            parts.append(text)
+    reason = "mapping: " + ("; ".join(parts) if parts else "the record could not be mapped")
+    return reason if len(reason) <= 1000 else reason[:997] + "..."
+
+
+def triage_applicants(
+    records: Sequence[Any],
+    *,
+    catalog: Any,
+    settings: Settings,
+    schema: Mapping[str, AttributeSpec],
+    instance: str,
+    api_count: int | None = None,
+    previous_full_count: int | None = None,
+    full_extract: bool = False,
+) -> TriageResult:
+    """Quality (GX) → consent → mapping for one extract. Never raises on data: a row that breaks
+    anything is quarantined with a reason (an error of Great Expectations itself propagates)."""
+    from d365.pipeline.mapping import Mapper, consent_status
+
+    records = list(records)
+    quality = validate_applicants(
+        records,
+        settings=settings,
+        schema=schema,
+        api_count=api_count,
+        previous_full_count=previous_full_count,
+        full_extract=full_extract,
+    )
+    mapper = Mapper(settings, schema, catalog if isinstance(catalog, Mapping) else {}, instance=instance)
+    email_column = settings.dedupe.email_column
+    leads: list[dict[str, Any]] = []
+    lead_rows: list[int] = []
+    outcomes: list[dict[str, Any]] = []
+
+    def out(row: int, state: LeadState, reasons: list[str]) -> None:
+        outcomes.append(
+            {
+                "applicant_id": quality.applicant_ids[row],
+                "row": row,
+                "state": state.value,
+                "reason": "; ".join(reasons),
+                "reasons": reasons,
+            }
+        )
+
+    for row, applicant in enumerate(records):
+        failed = quality.failures.get(row, [])
+        identity = [c.reason for c in failed if c.identity]
+        if identity:
+            out(row, LeadState.QUARANTINED, identity)
+            continue
+        try:
+            consented, missing = consent_status(applicant, catalog, settings)
+        except Exception as exc:  # never raise on data
+            out(row, LeadState.QUARANTINED, [f"consent: could not be read ({type(exc).__name__})"])
+            continue
+        if not consented:
+            out(row, LeadState.SKIPPED_CONSENT, [consent_reason(missing)])
+            continue
+        if failed:
+            out(row, LeadState.QUARANTINED, [c.reason for c in failed])
+            continue
+        mapped = mapper.map(applicant)  # never raises
+        if not mapped.ok:
+            out(row, LeadState.QUARANTINED, [mapping_reason(mapped)])
+            continue
+        if mapped.options_needed:
+            needed = ", ".join(f"{attr}={label!r}" for attr, label in mapped.options_needed)
+            out(row, LeadState.QUARANTINED, [f"no picklist option for {needed}"])
+            continue
+        leads.append(
+            {
+                "applicant_id": quality.applicant_ids[row],
+                "payload": mapped.payload,
+                "payload_hash": mapped.hash,
+                "email": mapped.payload.get(email_column) or applicant.get("email"),
+                "issues": [i.to_dict() for i in mapped.issues],
+            }
+        )
+        lead_rows.append(row)
+
+    return TriageResult(leads, outcomes, quality, batch=list(quality.batch), lead_rows=lead_rows)
+
+
+def write_artifacts(folder: Any, result: TriageResult) -> dict[str, str]:
+    """quality/quarantine.jsonl (ids + reasons), gx_result.json, summary.json and summary.md in the run
+    folder (anything with ``write_json``/``write_jsonl``/``file`` and ``url``). Returns name → path."""
+    folder.write_jsonl(QUALITY_QUARANTINE, result.quarantine_rows())
+    folder.write_json(QUALITY_GX_RESULT, result.quality.gx_result)
+    summary = result.quality.summary()
+    summary["batch"] = result.batch
+    summary["ok"] = result.ok
+    summary["counts"] = result.counts()
+    base = str(getattr(folder, "url", "")).rstrip("/")
+    paths = {
+        "summary": f"{base}/{QUALITY_SUMMARY}",
+        "gx_result": f"{base}/{QUALITY_GX_RESULT}",
+        "quarantine": f"{base}/{QUALITY_QUARANTINE}",
+    }
+    summary["files"] = paths
+    folder.write_json(QUALITY_SUMMARY_JSON, summary)
+    text = summary_markdown(
+        summary, quarantined=result.counts().get(LeadState.QUARANTINED.value, 0), files=list(paths.values())
+    )
+    with folder.file(QUALITY_SUMMARY).open("w", encoding="utf-8") as fh:
+        fh.write(text)
+    return paths
