@@ -5,10 +5,12 @@ preflight → extract → transform → plan → load → commit → report
 - preflight: token, WhoAmI, the mapping against the live lead metadata, the contact owner; nothing is
   extracted or written when the configuration is wrong.
 - extract: new applicants (ID cursor), changes (journal cursor), failed ones to retry; bulk endpoints.
-- transform: consent gate and the mapping (include/mappings/settings.yaml) per applicant.
-- plan: create / update / adopt-by-email / unchanged against the ledger.
+- transform: Great Expectations validation (row quarantine; batch gates stop the run before any write),
+  the consent gate and the mapping (include/mappings/settings.yaml) per applicant.
+- plan: create / update / adopt-by-email / unchanged against the ledger; consent-withdrawal and erasure
+  actions.
 - load: ``$batch`` upserts by deterministic lead id (a re-run never duplicates a lead).
-- commit: cursors advance only after the load succeeded.
+- commit: cursors advance only after the load succeeded; erased applicants scrubbed from ledger and run files.
 - report: created / updated / unchanged / skipped for consent / quarantined / failed, in the log,
   ``report.json`` in the run folder and the DAG run note (runs even when the load failed).
 - watcher: fails the DAG run when any task failed (so ``report`` running anyway cannot hide it).
