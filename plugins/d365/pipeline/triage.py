@@ -54,16 +54,20 @@ class TriageResult:
     leads: list[dict[str, Any]]  # applicant_id, payload, payload_hash, email, issues (transform/leads.jsonl)
     outcomes: list[dict[str, Any]]  # one per row that is not a lead: applicant_id, state, reason, row
     quality: QualityResult
-    batch: list[dict[str, Any]] = field(default_factory=list)  # the batch-level checks (quality)
     lead_rows: list[int] = field(default_factory=list)  # row position of each lead
 
     @property
+    def batch(self) -> list[dict[str, Any]]:
+        """The batch-level checks (row count, drop, invalid fraction): the quality step's."""
+        return self.quality.batch
+
+    @property
     def batch_failures(self) -> list[str]:
-        return [f"{b['check']}: {b['detail']}" for b in self.batch if not b["ok"]]
+        return self.quality.batch_failures
 
     @property
     def ok(self) -> bool:
-        return not self.batch_failures
+        return self.quality.ok
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {"leads": len(self.leads)}
@@ -191,7 +195,7 @@ def triage_applicants(
         )
         lead_rows.append(row)
 
-    return TriageResult(leads, outcomes, quality, batch=list(quality.batch), lead_rows=lead_rows)
+    return TriageResult(leads, outcomes, quality, lead_rows=lead_rows)
 
 
 def write_artifacts(folder: Any, result: TriageResult) -> dict[str, str]:
