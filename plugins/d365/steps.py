@@ -15,6 +15,7 @@ from typing import Any
 
 from d365.pipeline.identity import instance_key
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
+from d365.pipeline.owners import OwnerIds
 from d365.pipeline.plan import (
     ERASE,
     ERASED,
@@ -106,17 +107,26 @@ class RunContext:
 
 # -- preflight --------------------------------------------------------------------------------------
 def preflight(rc: RunContext) -> dict[str, Any]:
-    """Connections, token, WhoAmI, mapping against the live lead metadata and the contact owner."""
+    """Before any extract: token and WhoAmI, the mapping against the live lead metadata (schema drift names
+    the attribute), the contact owner and every owner-rule owner (exists, enabled, a person), then the
+    DreamApply connection. Dynamics problems stop the run before DreamApply is asked anything."""
     from d365.hooks.dreamapply import DreamApplyHook
     from d365.hooks.dynamics import DynamicsHook
+    from d365.hooks.errors import ApiError
     from d365.pipeline.fit import LeadSchema, check_mapping
+    from d365.pipeline.owners import resolve_owners
 
     s = rc.settings
     errors: list[str] = []
     dyn = DynamicsHook(s.dynamics.connection_id)
-    who = dyn.whoami()
-    meta = dyn.get_entity_metadata(s.dynamics.entity)
-    keys = dyn.alternate_keys(s.dynamics.entity)
+    try:
+        who = dyn.whoami()
+        meta = dyn.get_entity_metadata(s.dynamics.entity)
+        keys = dyn.alternate_keys(s.dynamics.entity)
+    except ApiError as exc:
+        raise PreflightError(
+            f"preflight failed: Dynamics 365 connection {s.dynamics.connection_id!r} (token, WhoAmI, metadata): {exc}"
+        ) from exc
     schema_doc = {
         "entity": {"LogicalName": meta.logical_name, "EntitySetName": meta.entity_set_name},
         "attributes": [_attribute_doc(a) for a in meta.attributes.values()],
@@ -137,22 +147,25 @@ def preflight(rc: RunContext) -> dict[str, Any]:
                 key_status,
             )
 
-    owner = _resolve_owner(dyn, s)
-    if isinstance(owner, str):
-        errors.append(owner)
-        owner_id = None
-    else:
-        owner_id = owner["systemuserid"] if owner else None
-
-    da = DreamApplyHook(s.dreamapply.connection_id)
-    instance = instance_key(da.get_connection(da.dreamapply_conn_id).host or "")
-    da.get_json("/ping")
-
+    try:
+        owners, owner_errors = resolve_owners(s, dyn.find_systemuser, caller_id=who.get("UserId"))
+    except ApiError as exc:
+        raise PreflightError(f"preflight failed: looking up the lead owners in Dynamics 365: {exc}") from exc
+    errors += owner_errors
     if errors:
         raise PreflightError("preflight failed:\n- " + "\n- ".join(errors))
+
+    da = DreamApplyHook(s.dreamapply.connection_id)
+    try:
+        instance = instance_key(da.get_connection(da.dreamapply_conn_id).host or "")
+        da.get_json("/ping")
+    except ApiError as exc:
+        raise PreflightError(f"preflight failed: DreamApply connection {s.dreamapply.connection_id!r}: {exc}") from exc
+
     doc = {
         "instance": instance,
-        "owner_id": owner_id,
+        "owner_id": owners.default,
+        "owners": owners.to_json(),
         "caller_id": who.get("UserId"),
         "dop_hint": dyn.dop_hint,
         "entity_set": meta.entity_set_name,
@@ -161,7 +174,13 @@ def preflight(rc: RunContext) -> dict[str, Any]:
         "schema": schema_doc,
     }
     rc.folder.write_json(PREFLIGHT, doc)
-    log.info("preflight ok: instance %s, owner %s, alternate key %s", instance, owner_id, key_status)
+    log.info(
+        "preflight ok: instance %s, owner %s (%d owner rules), alternate key %s",
+        instance,
+        owners.default,
+        len(owners.rules),
+        key_status,
+    )
     return {"run_folder": rc.folder.url, "instance": instance}
 
 
@@ -177,21 +196,6 @@ def _attribute_doc(a: Any) -> dict[str, Any]:
         "DateTimeBehavior": a.date_behavior,
         "Options": [{"Value": v, "Label": label} for v, label in (a.options or {}).items()] if a.options else None,
     }
-
-
-def _resolve_owner(dyn: Any, s: Settings) -> dict[str, Any] | str | None:
-    """The contact owner's systemuser, or an error message naming what is wrong with it."""
-    owner = s.contact_owner
-    if owner is None:
-        return None
-    user = dyn.find_systemuser(
-        **{{"email": "email", "domainname": "domainname", "id": "user_id"}[owner.by]: owner.value}
-    )
-    if user is None:
-        return f"contact_owner: no Dynamics user with {owner.by} {owner.value!r}"
-    if user.get("isdisabled"):
-        return f"contact_owner: the Dynamics user with {owner.by} {owner.value!r} is disabled"
-    return user
 
 
 # -- extract ----------------------------------------------------------------------------------------
@@ -286,6 +290,7 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
         api_count=api_count,
         previous_full_count=previous if full else None,
         full_extract=full,
+        add_options=True,  # allowed-but-missing picklist options: pending, the plan adds them
     )
     files = write_artifacts(rc.folder, result)
     rc.folder.write_jsonl(TRANSFORM_OUTCOMES, result.ledger_outcomes())
@@ -329,7 +334,9 @@ def _consent_reason(missing: Iterable[int]) -> str:
 def plan_step(rc: RunContext) -> dict[str, Any]:
     """Ledger first; Dynamics is asked only about applicants the ledger cannot name. Consent withdrawals
     (skipped for consent, lead sent earlier) and erasures (``extract/meta.json``, plus failed erasures of
-    earlier runs) are planned here too (``privacy``)."""
+    earlier runs) are planned here too (``privacy``). Pending leads get their new picklist options first
+    (``_add_options``: one insert per option, one ``PublishXml``); each create carries its owner's id
+    (``Operation.owner_id``: the first matching owner rule, else the contact owner)."""
     from d365.hooks.dynamics import DynamicsHook
     from d365.pipeline.fit import LeadSchema
     from d365.pipeline.privacy import (
@@ -350,11 +357,10 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
         for o in rc.folder.read_jsonl(TRANSFORM_OUTCOMES)
         if o.get("state") == LeadState.SKIPPED_CONSENT.value and (aid := _applicant_id(o.get("applicant_id")))
     ]
-    mapped = [
-        LeadPayload(int(r["applicant_id"]), r["payload"], r["payload_hash"], r.get("email"))
-        for r in rc.folder.read_jsonl(TRANSFORM_LEADS)
-        if int(r["applicant_id"]) not in erased_ids
-    ]
+    rows = [r for r in rc.folder.read_jsonl(TRANSFORM_LEADS) if int(r["applicant_id"]) not in erased_ids]
+    mapped = [LeadPayload(int(r["applicant_id"]), r["payload"], r["payload_hash"], r.get("email")) for r in rows]
+    owner_rule = {int(r["applicant_id"]): r["owner_rule"] for r in rows if r.get("owner_rule") is not None}
+    needs = {int(r["applicant_id"]): r["options_needed"] for r in rows if r.get("options_needed")}
     ledger = Ledger(rc.ledger_url)
     try:
         failed = ledger.ids_in_state(instance, LeadState.FAILED)
@@ -363,12 +369,17 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
         ledger.dispose()
     erased_ids |= set(pending_erasures({i: entries[i] for i in failed if i in entries}))
     mapped = [m for m in mapped if m.applicant_id not in erased_ids]
+    dyn: Any = None
+    options_meta: dict[str, Any] = {}
+    if any(m.applicant_id in needs for m in mapped):  # picklist options to add: once per run, one publish
+        dyn = DynamicsHook(s.dynamics.connection_id)
+        mapped, options_meta = _add_options(rc, dyn, mapped, needs)
     unknown = needs_lookup(mapped, entries)
     by_key: dict[str, ExistingLead] = {}
     by_email: dict[str, list[ExistingLead]] = {}
     lookups = 0
     if unknown:
-        dyn = DynamicsHook(s.dynamics.connection_id)
+        dyn = dyn or DynamicsHook(s.dynamics.connection_id)
         lookups = _lookup_existing(dyn, pre["entity_set"], pre["primary_id"], s, unknown, by_key, by_email)
     ops = plan_operations(
         mapped,
@@ -389,11 +400,90 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
     if extra:  # data minimisation: nothing but the mapped columns may leave DreamApply
         shown = "; ".join(f"applicant {aid}: {', '.join(cols)}" for aid, cols in sorted(extra.items())[:10])
         raise DataMinimisationError(f"payloads hold columns outside data_mapping, nothing written: {shown}")
+    owners = OwnerIds.from_json(pre.get("owners"), default=pre.get("owner_id"))
+    for op in ops:
+        if op.set_owner:  # creates: the first matching owner rule's user, else the contact owner
+            op.owner_id = owners.for_rule(owner_rule.get(op.applicant_id))
     rc.folder.write_jsonl(PLAN_OPERATIONS, (op.to_json() for op in ops))
     counts = summarize(ops)
-    rc.folder.write_json(PLAN_META, {"owner_id": pre.get("owner_id"), "counts": counts, "lookup_requests": lookups})
+    rc.folder.write_json(
+        PLAN_META,
+        {
+            "owner_id": owners.default,  # the fallback; each create carries its own ``owner_id``
+            "owners": owners.to_json(),
+            "counts": counts,
+            "lookup_requests": lookups,
+            "picklist_options": options_meta,
+        },
+    )
     log.info("plan: %s (%d lookup requests)", counts, lookups)
     return {"writes": sum(counts.get(a, 0) for a in WRITES), **counts}
+
+
+def _add_options(
+    rc: RunContext, dyn: Any, mapped: list[LeadPayload], needs: Mapping[int, list[list[str]]]
+) -> tuple[list[LeadPayload], dict[str, Any]]:
+    """Add the picklist options the pending leads need (``picklists.ensure_options``: deduped, metadata
+    re-read once with ``Consistency: Strong``, one ``PublishXml``), fill their payloads and hashes. Leads
+    whose option could not be added leave the plan as failed (ledger: retried next run)."""
+    from d365.pipeline.mapping import payload_hash
+    from d365.pipeline.picklists import ensure_options, fill_options, needed_options
+
+    s = rc.settings
+    entity = s.dynamics.entity
+    pending = sorted((m for m in mapped if m.applicant_id in needs), key=lambda m: m.applicant_id)
+    wanted = needed_options({"options_needed": needs[m.applicant_id]} for m in pending)
+    attributes = {attribute for attribute, _ in wanted.values()}
+
+    def current() -> dict[str, Any]:
+        meta = dyn.get_entity_metadata(entity, strong=True)
+        return {a: (meta.attributes[a].options if a in meta.attributes else None) for a in attributes}
+
+    def code(exc: Exception) -> str:
+        return str(getattr(exc, "code", "") or (f"HTTP {exc.status}" if getattr(exc, "status", None) else ""))
+
+    result = ensure_options(
+        wanted,
+        current=current,
+        insert=lambda attribute, label: dyn.insert_option_value(entity, attribute, label),
+        publish=lambda: dyn.publish_xml(entity),
+        error_code=code,
+    )
+    out: list[LeadPayload] = []
+    failed: dict[int, str] = {}
+    for m in mapped:
+        if m.applicant_id not in needs:
+            out.append(m)
+            continue
+        payload, missing = fill_options(m.payload, needs[m.applicant_id], result.values)
+        if missing:
+            codes = sorted({result.failed.get(k, "") for k in result.failed if k[0] in missing} - {""})
+            failed[m.applicant_id] = (
+                f"picklist: the option needed for {', '.join(sorted(set(missing)))} could not be added"
+                + (f" ({', '.join(codes)})" if codes else "")
+                + "; retried next run"
+            )
+            continue
+        out.append(LeadPayload(m.applicant_id, payload, payload_hash(payload), m.email))
+    if failed:  # their outcome: failed, through transform/outcomes.jsonl (commit records it, report counts it)
+        outcomes = rc.folder.read_jsonl(TRANSFORM_OUTCOMES)
+        kept = [o for o in outcomes if _applicant_id(o.get("applicant_id")) not in failed]
+        kept += [
+            {"applicant_id": aid, "row": None, "state": LeadState.FAILED.value, "reason": reason}
+            for aid, reason in sorted(failed.items())
+        ]
+        rc.folder.write_jsonl(TRANSFORM_OUTCOMES, kept)
+        log.error("picklist options: %d leads not sent, an option could not be added (%s)", len(failed), result.failed)
+    if result.publish_error:
+        log.warning("picklist options added but PublishXml failed (%s): publish the lead table", result.publish_error)
+    log.info(
+        "picklist options: %d needed, %d added, %d failed, published: %s",
+        len(wanted),
+        len(result.added),
+        len(result.failed),
+        result.published,
+    )
+    return out, result.to_json()
 
 
 def _lookup_existing(

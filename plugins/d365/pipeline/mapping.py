@@ -81,6 +81,7 @@ class MappedLead:
     options_needed: list[tuple[str, str]] = field(default_factory=list)  # (attribute, label) to add
     stage: str | None = None
     stage_changed: str | None = None
+    owner_rule: int | None = None  # index of the first matching ``owner_rules`` entry (owners.first_match)
 
     @property
     def ok(self) -> bool:
@@ -112,6 +113,7 @@ class MappedLead:
             "options_needed": [list(o) for o in self.options_needed],
             "stage": self.stage,
             "stage_changed": self.stage_changed,
+            "owner_rule": self.owner_rule,
         }
 
 
@@ -442,7 +444,20 @@ class Mapper:
             if len(reason) > 1000:
                 reason = reason[:997] + "..."
             return MappedLead(applicant_id, {}, issues, reason, [], stage.stage, stage.changed)
-        return MappedLead(applicant_id, payload, issues, None, needed, stage.stage, stage.changed)
+        rule = self._owner_rule(record) if self.settings.owner_rules else None
+        return MappedLead(applicant_id, payload, issues, None, needed, stage.stage, stage.changed, rule)
+
+    def _owner_rule(self, record: _Record) -> int | None:
+        """The first ``owner_rules`` entry this applicant matches (citizenship compared as ISO codes)."""
+        from d365.pipeline.owners import first_match
+
+        def lookup(name: str) -> Any:
+            raw = SOURCE_GETTERS[name](record)
+            if SOURCE_FIELDS[name].kind == "country" and isinstance(raw, str):
+                return country_code(raw) or raw
+            return raw
+
+        return first_match(self.settings.owner_rules, lookup)
 
     def _value(self, plan: _Plan, record: _Record, issues: list[FitIssue]) -> tuple[Any, bool]:
         """(value before fitting, whether a source was dropped as invalid)."""

@@ -74,6 +74,8 @@ class Operation:
     set_owner: bool = False
     method: str = "PATCH"  # "DELETE" for a withdrawal or erasure that deletes the lead
     reason: str | None = None  # withdraw / erase / erased: what was done and why (goes to the ledger)
+    # create: the systemuserid to bind as ``ownerid`` (owner rules, else contact_owner; steps.plan_step)
+    owner_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

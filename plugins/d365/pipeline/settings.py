@@ -298,6 +298,56 @@ class ContactOwner(_Model):
         return str(getattr(self, self.by))
 
 
+# Owner rule conditions: a short name (below) or any source field name (``programme.code``, ...).
+OWNER_RULE_FIELDS: dict[str, str] = {
+    "programme_code": "programme.code",
+    "programme_codes": "programme.codes",
+    "programme_id": "programme.id",
+    "citizenship": "applicant.citizenship",
+    "tracker_code": "tracker.code",
+    "lead_stage": "lead.stage",
+    "term_type": "term.type",
+}
+
+
+class OwnerRule(_Model):
+    """``when`` every listed field has one of its values (case- and accent-insensitive), created leads are
+    owned by ``owner``. Rules are tried in order; the first match wins; no match → ``contact_owner``."""
+
+    when: dict[str, tuple[str, ...]]
+    owner: ContactOwner
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _scalars(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        out: dict[Any, Any] = {}
+        for key, values in value.items():
+            items = [values] if isinstance(values, str | int) and not isinstance(values, bool) else values
+            if isinstance(items, list | tuple):
+                items = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in items]
+            out[key] = items
+        return out
+
+    @field_validator("when", mode="after")
+    @classmethod
+    def _fields(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        if not value:
+            raise ValueError("give at least one condition (e.g. {citizenship: [FI, SE]})")
+        names = [*OWNER_RULE_FIELDS, *SOURCE_FIELDS]
+        for key, values in value.items():
+            if key not in OWNER_RULE_FIELDS and key not in SOURCE_FIELDS:
+                raise ValueError(f"unknown condition {key!r}{_close(key, names)} (a short name or a source field)")
+            if not values or any(not str(v).strip() for v in values):
+                raise ValueError(f"condition {key!r}: list at least one non-empty value")
+        return value
+
+    def sources(self) -> dict[str, tuple[str, ...]]:
+        """Source field name → accepted values."""
+        return {OWNER_RULE_FIELDS.get(k, k): v for k, v in self.when.items()}
+
+
 class FitOverride(_Model):
     too_long: Literal["truncate", "quarantine"]
 
@@ -452,6 +502,7 @@ class Settings(_Model):
     send_all_new: StrictBool = False
     automatic_updates: StrictBool = False
     contact_owner: ContactOwner | None = None
+    owner_rules: tuple[OwnerRule, ...] = ()
     technical_contact: str | None = None
     fit_policy: FitPolicySettings = Field(default_factory=FitPolicySettings)
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
@@ -484,6 +535,8 @@ class Settings(_Model):
     def _rules(self) -> Settings:
         if self.send_all_new and self.contact_owner is None:
             raise ValueError("contact_owner is required when send_all_new is true (the owner of created leads)")
+        if self.owner_rules and self.contact_owner is None:
+            raise ValueError("owner_rules need contact_owner (the owner when no rule matches)")
         key = self.dynamics.alternate_key
         entry = self.data_mapping.get(key) if key else None
         if entry is not None and (entry.source != "applicant.id" or entry.fallback):
@@ -593,6 +646,7 @@ def _known_keys() -> set[str]:
             ConsentSettings,
             ConsentRef,
             ContactOwner,
+            OwnerRule,
             FitPolicySettings,
             FitOverride,
             DedupeSettings,

@@ -128,9 +128,14 @@ def triage_applicants(
     api_count: int | None = None,
     previous_full_count: int | None = None,
     full_extract: bool = False,
+    add_options: bool = False,
 ) -> TriageResult:
     """Quality (GX) → consent → mapping for one extract. Never raises on data: a row that breaks
-    anything is quarantined with a reason (an error of Great Expectations itself propagates)."""
+    anything is quarantined with a reason (an error of Great Expectations itself propagates).
+
+    ``add_options``: a lead that needs a picklist option its mapping allows adding stays a lead, pending,
+    with ``options_needed`` (the plan adds the option, ``picklists``); without it such a lead is
+    quarantined. A lead matching an owner rule carries ``owner_rule`` (its index)."""
     from d365.pipeline.mapping import Mapper, consent_status
 
     records = list(records)
@@ -180,19 +185,22 @@ def triage_applicants(
         if not mapped.ok:
             out(row, LeadState.QUARANTINED, [mapping_reason(mapped)])
             continue
-        if mapped.options_needed:
+        if mapped.options_needed and not add_options:
             needed = ", ".join(f"{attr}={label!r}" for attr, label in mapped.options_needed)
             out(row, LeadState.QUARANTINED, [f"no picklist option for {needed}"])
             continue
-        leads.append(
-            {
-                "applicant_id": quality.applicant_ids[row],
-                "payload": mapped.payload,
-                "payload_hash": mapped.hash,
-                "email": mapped.payload.get(email_column) or applicant.get("email"),
-                "issues": [i.to_dict() for i in mapped.issues],
-            }
-        )
+        lead: dict[str, Any] = {
+            "applicant_id": quality.applicant_ids[row],
+            "payload": mapped.payload,
+            "payload_hash": mapped.hash,
+            "email": mapped.payload.get(email_column) or applicant.get("email"),
+            "issues": [i.to_dict() for i in mapped.issues],
+        }
+        if mapped.options_needed:  # pending: the plan adds the options and fills the payload
+            lead["options_needed"] = [list(o) for o in mapped.options_needed]
+        if mapped.owner_rule is not None:
+            lead["owner_rule"] = mapped.owner_rule
+        leads.append(lead)
         lead_rows.append(row)
 
     return TriageResult(leads, outcomes, quality, lead_rows=lead_rows)
