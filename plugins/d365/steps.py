@@ -13,6 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowFailException
+
+from d365.hooks.errors import ApiError
 from d365.pipeline.identity import instance_key
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
 from d365.pipeline.owners import OwnerIds
@@ -52,8 +55,19 @@ REPORT = "report.json"
 LOOKUP_CHUNK = 50
 
 
-class PreflightError(Exception):
-    """The integration is misconfigured: stop before any extract or write, naming what is wrong."""
+class PreflightError(AirflowFailException):
+    """The integration is misconfigured: stop before any extract or write, naming what is wrong.
+
+    An ``AirflowFailException``: task retries cannot fix a configuration, so the run fails at once."""
+
+
+class PreflightUnavailable(Exception):
+    """A service could not be reached during preflight (5xx, network, throttling): task retries apply."""
+
+
+def _preflight_api_failure(what: str, exc: ApiError) -> Exception:
+    cls = PreflightUnavailable if exc.retryable else PreflightError
+    return cls(f"preflight failed: {what}: {exc}")
 
 
 @dataclass
@@ -112,7 +126,6 @@ def preflight(rc: RunContext) -> dict[str, Any]:
     DreamApply connection. Dynamics problems stop the run before DreamApply is asked anything."""
     from d365.hooks.dreamapply import DreamApplyHook
     from d365.hooks.dynamics import DynamicsHook
-    from d365.hooks.errors import ApiError
     from d365.pipeline.fit import LeadSchema, check_mapping
     from d365.pipeline.owners import resolve_owners
 
@@ -124,9 +137,8 @@ def preflight(rc: RunContext) -> dict[str, Any]:
         meta = dyn.get_entity_metadata(s.dynamics.entity)
         keys = dyn.alternate_keys(s.dynamics.entity)
     except ApiError as exc:
-        raise PreflightError(
-            f"preflight failed: Dynamics 365 connection {s.dynamics.connection_id!r} (token, WhoAmI, metadata): {exc}"
-        ) from exc
+        what = f"Dynamics 365 connection {s.dynamics.connection_id!r} (token, WhoAmI, metadata)"
+        raise _preflight_api_failure(what, exc) from exc
     schema_doc = {
         "entity": {"LogicalName": meta.logical_name, "EntitySetName": meta.entity_set_name},
         "attributes": [_attribute_doc(a) for a in meta.attributes.values()],
@@ -150,7 +162,7 @@ def preflight(rc: RunContext) -> dict[str, Any]:
     try:
         owners, owner_errors = resolve_owners(s, dyn.find_systemuser, caller_id=who.get("UserId"))
     except ApiError as exc:
-        raise PreflightError(f"preflight failed: looking up the lead owners in Dynamics 365: {exc}") from exc
+        raise _preflight_api_failure("looking up the lead owners in Dynamics 365", exc) from exc
     errors += owner_errors
     if errors:
         raise PreflightError("preflight failed:\n- " + "\n- ".join(errors))
@@ -160,7 +172,7 @@ def preflight(rc: RunContext) -> dict[str, Any]:
         instance = instance_key(da.get_connection(da.dreamapply_conn_id).host or "")
         da.get_json("/ping")
     except ApiError as exc:
-        raise PreflightError(f"preflight failed: DreamApply connection {s.dreamapply.connection_id!r}: {exc}") from exc
+        raise _preflight_api_failure(f"DreamApply connection {s.dreamapply.connection_id!r}", exc) from exc
 
     doc = {
         "instance": instance,
