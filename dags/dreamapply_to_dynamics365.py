@@ -108,6 +108,7 @@ def dreamapply_to_dynamics365() -> None:
         run_folder="{{ ti.xcom_pull(task_ids='preflight')['run_folder'] }}",
         instance="{{ ti.xcom_pull(task_ids='preflight')['instance'] }}",
         batch_size=int(os.environ.get("D365_SYNC_BATCH_SIZE", "100")),
+        max_workers=int(os.environ.get("D365_SYNC_MAX_WORKERS", "16")),
     )
 
     @task

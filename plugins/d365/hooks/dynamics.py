@@ -10,10 +10,15 @@ Design points (see the Dataverse reference, §1, §2, §5-§7):
 * One ``requests.Session`` with a keep-alive pool sized for parallel workers and a cookie jar that rejects
   every cookie: the ``ARRAffinity`` cookie is never sent back, so requests spread over the web servers.
   ``verify=`` is passed on every request (``REQUESTS_CA_BUNDLE`` would override ``Session.verify``).
-* Retries (tenacity): a 429 waits the server's ``Retry-After`` (plus jitter) and pauses every thread using
-  this hook, because limits are per user; transient 5xx, timeouts and connection errors back off
-  exponentially with jitter but only for idempotent calls (GET/PATCH/PUT/DELETE, or a ``$batch`` the caller
-  marks idempotent). A POST create is never resent after it may have reached the server.
+* Every request passes one ``Throttle`` (``d365.hooks.throttle``) shared by all threads using this hook,
+  because limits are per user: a 429 pauses every thread for the server's ``Retry-After`` (plus jitter) and
+  halves the concurrency, which then grows back; requests are paced against the window's request and
+  execution-time budgets (connection extras ``throttle_window_seconds``, ``throttle_max_requests``,
+  ``throttle_max_execution_ms``, ``throttle_safety_margin``, ``max_concurrency``; ``x-ms-dop-hint`` from
+  WhoAmI lowers the cap).
+* Retries (tenacity): a 429 is resent once the shared pause is over; transient 5xx, timeouts and connection
+  errors back off exponentially with jitter but only for idempotent calls (GET/PATCH/PUT/DELETE, or a
+  ``$batch`` the caller marks idempotent). A POST create is never resent after it may have reached the server.
 * Errors are typed (``d365.hooks.errors``) and carry status, code, method, path (no query string) and the
   caller's record id, never tokens, secrets or request bodies.
 """
@@ -60,7 +65,9 @@ from d365.hooks.errors import (
     DynamicsNotFound,
     DynamicsThrottled,
     dynamics_error_from_response,
+    parse_retry_after,
 )
+from d365.hooks.throttle import Throttle, ThrottleSettings, Ticket
 
 __all__ = [
     "MAX_BATCH_OPERATIONS",
@@ -276,8 +283,6 @@ class DynamicsHook(BaseHook):
     backoff_max = 30.0
     # Used when a 429 carries no Retry-After.
     default_retry_after = 5.0
-    # Extra wait on top of a Retry-After, so parallel threads do not all resume at the same instant.
-    throttle_jitter = (0.05, 0.25)
 
     def __init__(
         self,
@@ -285,6 +290,7 @@ class DynamicsHook(BaseHook):
         *,
         timeout: float = 120,
         max_retries: int = 6,
+        throttle: Mapping[str, Any] | ThrottleSettings | None = None,
     ) -> None:
         super().__init__()
         self.dynamics365_conn_id = dynamics365_conn_id
@@ -300,8 +306,11 @@ class DynamicsHook(BaseHook):
         }
         self._stats_lock = threading.Lock()
         self._init_lock = threading.RLock()
-        self._pause_lock = threading.Lock()
-        self._pause_until = 0.0
+        # Operator-given throttle settings win over connection extras (applied on first use of the settings).
+        self._throttle_overrides = throttle
+        base = throttle if isinstance(throttle, ThrottleSettings) else ThrottleSettings().updated(throttle)
+        self.throttle = Throttle(base)
+        self._throttle_configured = False
         self._settings: DynamicsConnectionSettings | None = None
         self._session: _DataverseSession | None = None
         self._auth: MsalTokenAuth | None = None
@@ -314,10 +323,21 @@ class DynamicsHook(BaseHook):
         if self._settings is None:
             with self._init_lock:
                 if self._settings is None:
-                    self._settings = DynamicsConnectionSettings.from_connection(
-                        self.get_connection(self.dynamics365_conn_id)
-                    )
+                    conn = self.get_connection(self.dynamics365_conn_id)
+                    self._settings = DynamicsConnectionSettings.from_connection(conn)
+                    self._configure_throttle(conn.extra_dejson or {})
         return self._settings
+
+    def _configure_throttle(self, extras: Mapping[str, Any]) -> None:
+        """Throttle budgets from the connection's extras, then the hook's own arguments on top."""
+        if self._throttle_configured:
+            return
+        self._throttle_configured = True
+        overrides = self._throttle_overrides
+        if isinstance(overrides, ThrottleSettings):
+            return
+        settings = ThrottleSettings().updated(extras).updated(overrides)
+        self.throttle.configure(settings, dop_hint=self.dop_hint)
 
     @property
     def org_url(self) -> str:
@@ -378,18 +398,25 @@ class DynamicsHook(BaseHook):
         with self._stats_lock:
             self.stats[name] = self.stats.get(name, 0) + amount
 
-    def _pause_all(self, seconds: float) -> None:
-        with self._pause_lock:
-            self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+    def _admit(self) -> Ticket:
+        """Pass the shared throttle's gate (Retry-After pause, concurrency, budgets); returns its ticket."""
+        ticket = self.throttle.acquire()
+        if ticket.waited > 0:
+            self._bump("throttle_wait_seconds", ticket.waited)
+        return ticket
 
-    def _honour_pause(self) -> None:
-        """Sleep while a 429's Retry-After is running: limits are per user, so every thread waits."""
-        with self._pause_lock:
-            remaining = self._pause_until - time.monotonic()
-        if remaining > 0:
-            delay = remaining + random.uniform(*self.throttle_jitter)
-            self._bump("throttle_wait_seconds", delay)
-            time.sleep(delay)
+    def _transmit(
+        self,
+        session: requests.Session,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        auth: AuthBase | None,
+        ticket: Ticket,
+    ) -> requests.Response:
+        """The actual HTTP call (one attempt, admitted by the throttle as ``ticket``)."""
+        return session.request(method, url, data=body, headers=headers, auth=auth, timeout=self.timeout)
 
     # -- the request core -------------------------------------------------------------------------------------
     def _url(self, path: str) -> str:
@@ -504,8 +531,7 @@ class DynamicsHook(BaseHook):
             default_retry_after=self.default_retry_after,
         )
         if isinstance(error, DynamicsThrottled):
-            self._bump("throttled")
-            self._pause_all(error.retry_after)
+            self._bump("throttled")  # the throttle already paused every thread (in _send_once)
             self.log.warning(
                 "Dynamics 365: throttled (%s) on %s %s, Retry-After %.1f s",
                 error.code,
@@ -526,10 +552,15 @@ class DynamicsHook(BaseHook):
         record: str | None,
         log_path: str,
     ) -> requests.Response:
-        self._honour_pause()
+        ticket = self._admit()
         started = time.monotonic()
+        status: int | None = None
+        retry_after: float | None = None
         try:
-            response = session.request(method, url, data=body, headers=headers, auth=auth, timeout=self.timeout)
+            response = self._transmit(session, method, url, body, headers, auth, ticket)
+            status = response.status_code
+            if status == 429:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), self.default_retry_after)
         except requests.Timeout as exc:
             self._bump("requests")
             raise DynamicsError(
@@ -548,6 +579,9 @@ class DynamicsHook(BaseHook):
                 path=log_path,
                 record=record,
             ) from exc
+        finally:
+            # Learning of a 429 and admitting the next request happen under the throttle's lock.
+            self.throttle.release(ticket, status, retry_after)
         self._bump("requests")
         self.log.debug(
             "Dynamics 365: %s %s -> %s (%.0f ms)",
@@ -573,7 +607,7 @@ class DynamicsHook(BaseHook):
     def _wait(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, DynamicsThrottled):
-            return 0.0  # _honour_pause waits the Retry-After (shared by all threads) before the next send
+            return 0.0  # the throttle's gate waits the Retry-After (shared by all threads) before the next send
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (retry_state.attempt_number - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
@@ -581,7 +615,7 @@ class DynamicsHook(BaseHook):
         self._bump("retries")
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, DynamicsThrottled):
-            wait = max(0.0, self._pause_until - time.monotonic())
+            wait = self.throttle.paused_for()
         else:
             wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
         self.log.info(
@@ -606,6 +640,7 @@ class DynamicsHook(BaseHook):
         hint = response.headers.get("x-ms-dop-hint")
         if hint and hint.strip().isdigit():
             self.dop_hint = int(hint.strip())
+            self.throttle.configure(dop_hint=self.dop_hint)
         return self._json(response) or {}
 
     def test_connection(self) -> tuple[bool, str]:

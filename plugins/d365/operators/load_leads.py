@@ -10,11 +10,26 @@ Consent withdrawals and erasures (``privacy``) run in the same batches: a ``PATC
 no longer exists, which counts as done. They end ``withdrawn`` / ``erased`` in the ledger, the lead id
 forgotten when the lead is gone. Error texts are stored without the values that were sent
 (``privacy.redact``).
+
+Throughput: batches run on a thread pool of ``min(x-ms-dop-hint, max_workers)`` workers that share the hook's
+one throttle (``d365.hooks.throttle``: Retry-After pause for all, AIMD concurrency, pacing against the
+window's request and execution-time budgets). Only the main thread touches the ledger (SQLite allows one
+writer) and the results file: it records each batch as it completes. The plan is streamed: it is read in
+slices, each slice checked against the ledger, and at most ``2 × workers`` batches are queued at any time, so
+memory stays flat whatever the plan's size. A batch that failed as a whole with a transient fault after the
+hook's own retries, or operations answered 429/5xx or not executed, are sent again (``batch_attempts`` in
+all); a batch that still fails stops the load (the batches already answered are in the ledger, so the task's
+retry only sends the rest). ``load/stats.json`` holds the hook's counters and the throttle's (429s, waits,
+concurrency changes, the budgets used).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import json
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
@@ -28,6 +43,10 @@ PLAN_FILE = "plan/operations.jsonl"
 PLAN_META = "plan/meta.json"
 RESULTS_FILE = "load/results.jsonl"
 STATS_FILE = "load/stats.json"
+# Plan operations checked against the ledger at a time (bounds memory while streaming the plan).
+PLAN_SLICE = 5000
+# An operation answered with one of these inside a $batch may succeed when sent again.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 # what a privacy write becomes in the ledger and in load/results.jsonl
@@ -43,6 +62,10 @@ class LoadLeadsOperator(BaseOperator):
     :param dynamics365_conn_id: Airflow connection of the Dynamics 365 organization
     :param entity_set: Web API entity set of the lead table
     :param batch_size: operations per ``$batch`` request (each runs on its own: continue-on-error)
+    :param max_workers: most parallel requests; the effective number is min(this, ``x-ms-dop-hint``)
+    :param throttle: throttle settings over the connection's extras, e.g. ``{"max_execution_ms": 1_200_000,
+        "window_seconds": 300, "max_requests": 6000, "safety_margin": 0.95}`` (``d365.hooks.throttle``)
+    :param batch_attempts: times a batch (or its transiently failed operations) is sent before giving up
     """
 
     template_fields: Sequence[str] = ("run_folder", "instance", "ledger_url")
@@ -56,6 +79,9 @@ class LoadLeadsOperator(BaseOperator):
         dynamics365_conn_id: str = "dynamics365_default",
         entity_set: str = "leads",
         batch_size: int = 100,
+        max_workers: int = 16,
+        throttle: dict[str, Any] | None = None,
+        batch_attempts: int = 4,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -65,43 +91,182 @@ class LoadLeadsOperator(BaseOperator):
         self.dynamics365_conn_id = dynamics365_conn_id
         self.entity_set = entity_set
         self.batch_size = batch_size
+        self.max_workers = max(1, int(max_workers))
+        self.throttle = dict(throttle or {})
+        self.batch_attempts = max(1, int(batch_attempts))
+
+    def get_hook(self) -> Any:
+        from d365.hooks.dynamics import DynamicsHook
+
+        return DynamicsHook(self.dynamics365_conn_id, throttle={**self.throttle, "max_concurrency": self.max_workers})
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from d365.hooks.dynamics import BatchOperation, DynamicsHook
+        from d365.hooks.dynamics import BatchOperation
 
         folder = RunFolder(self.run_folder)
         meta = folder.read_json(PLAN_META, default={}) or {}
         owner_id = meta.get("owner_id")
         run_id = context.get("run_id", None)
-        writes = [op for op in map(Operation.from_json, folder.read_jsonl(PLAN_FILE)) if op.action in WRITES]
         ledger = Ledger(self.ledger_url or default_ledger_url())
+        hook = self.get_hook()
+        counts = {"writes": 0, "skipped": 0, "batches": 0, "resent_batches": 0, "resent_operations": 0}
+        started = time.monotonic()
         try:
-            pending = self._not_done_yet(ledger, writes)
-            if len(pending) < len(writes):
+            batches = self._pending_batches(ledger, folder, counts)
+            first = next(batches, None)
+            workers = 0
+            failure: BaseException | None = None
+            if first is not None:  # nothing to write: no request at all
+                hook.whoami()  # proves auth and reads x-ms-dop-hint, which caps the throttle's concurrency
+                workers = max(1, int(hook.throttle.cap))
                 self.log.info(
-                    "%d of %d writes already done by an earlier try; skipping them",
-                    len(writes) - len(pending),
-                    len(writes),
+                    "loading with %d workers (x-ms-dop-hint %s, max %d)", workers, hook.dop_hint, self.max_workers
                 )
-            hook = DynamicsHook(self.dynamics365_conn_id)
-            for start in range(0, len(pending), self.batch_size):
-                chunk = pending[start : start + self.batch_size]
-                batch = [self._batch_operation(BatchOperation, op, owner_id) for op in chunk]
-                results = hook.execute_batch(batch, continue_on_error=True, idempotent=True)
-                updates, rows = self._outcomes(chunk, results)
-                ledger.record(self.instance, updates, run_id=run_id)
-                folder.append_jsonl(RESULTS_FILE, rows)
+                with folder.file(RESULTS_FILE).open("a", encoding="utf-8") as results_fh:
+
+                    def send(chunk: list[Operation]) -> list[Any]:
+                        batch = [self._batch_operation(BatchOperation, op, owner_id) for op in chunk]
+                        return hook.execute_batch(batch, continue_on_error=True, idempotent=True)
+
+                    failure = self._run_batches(
+                        send, itertools.chain([first], batches), workers, ledger, results_fh, run_id, counts
+                    )
+            if counts["skipped"]:
                 self.log.info(
-                    "batch %d: %d operations, %d failed",
-                    start // self.batch_size + 1,
-                    len(chunk),
-                    sum(r["outcome"] == "failed" for r in rows),
+                    "%d of %d writes already done by an earlier try; skipped", counts["skipped"], counts["writes"]
                 )
-            stats = dict(hook.stats)
+            stats: dict[str, Any] = dict(hook.stats)
+            elapsed = time.monotonic() - started
+            sent = counts["writes"] - counts["skipped"]
+            stats.update(
+                counts,
+                workers=workers,
+                batch_size=self.batch_size,
+                elapsed_seconds=round(elapsed, 3),
+                operations_per_second=round(sent / elapsed, 1) if elapsed > 0 else None,
+                throttle=hook.throttle.snapshot(),
+            )
         finally:
             ledger.dispose()
+            hook.close()
         folder.write_json(STATS_FILE, stats)
+        if failure is not None:
+            raise failure
         return stats
+
+    def _pending_batches(self, ledger: Ledger, folder: RunFolder, counts: dict[str, int]) -> Iterator[list[Operation]]:
+        """Batches of the plan's writes not done by an earlier try, streamed slice by slice from the plan file."""
+        buffer: list[Operation] = []
+
+        def flush(ops: list[Operation]) -> Iterator[list[Operation]]:
+            pending = self._not_done_yet(ledger, ops)
+            counts["skipped"] += len(ops) - len(pending)
+            for start in range(0, len(pending), self.batch_size):
+                yield pending[start : start + self.batch_size]
+
+        for row in folder.read_jsonl(PLAN_FILE):
+            if row.get("action") not in WRITES:
+                continue
+            buffer.append(Operation.from_json(row))
+            counts["writes"] += 1
+            if len(buffer) >= PLAN_SLICE:
+                yield from flush(buffer)
+                buffer = []
+        if buffer:
+            yield from flush(buffer)
+
+    def _run_batches(
+        self,
+        send: Any,
+        batches: Iterator[list[Operation]],
+        workers: int,
+        ledger: Ledger,
+        results_fh: Any,
+        run_id: str | None,
+        counts: dict[str, int],
+    ) -> BaseException | None:
+        """Send batches on ``workers`` threads; record each answer from this (the main) thread.
+
+        Returns the error that stopped the load, if any (after recording everything already answered).
+        """
+        from d365.hooks.errors import ApiError, DynamicsAuthError
+
+        running: dict[Future[list[Any]], tuple[list[Operation], int]] = {}
+        retry: list[tuple[list[Operation], int]] = []
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="d365-load") as pool:
+
+            def submit(chunk: list[Operation], attempt: int) -> None:
+                running[pool.submit(send, chunk)] = (chunk, attempt)
+
+            def collect(block: bool) -> None:
+                nonlocal failure
+                done, _ = wait(list(running), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    chunk, attempt = running.pop(future)
+                    try:
+                        results = future.result()
+                    except Exception as exc:
+                        # A 401 after the hook's token refresh: the new token was revoked too (early expiry
+                        # while the batch was on its way). Nothing ran, so send the batch once more.
+                        refused = isinstance(exc, DynamicsAuthError) and exc.status == 401 and attempt == 1
+                        transient = refused or (isinstance(exc, ApiError) and exc.retryable)
+                        if transient and attempt < self.batch_attempts and failure is None:
+                            self.log.warning("batch of %d failed (%s); sending it again", len(chunk), exc)
+                            counts["resent_batches"] += 1
+                            retry.append((chunk, attempt + 1))
+                        elif failure is None:
+                            failure = exc
+                        continue
+                    again = [
+                        i
+                        for i, res in enumerate(results)
+                        if (not res.executed or res.status in TRANSIENT_STATUSES) and attempt < self.batch_attempts
+                    ]
+                    if again:
+                        counts["resent_operations"] += len(again)
+                        retry.append(([chunk[i] for i in again], attempt + 1))
+                        keep = set(range(len(chunk))) - set(again)
+                        chunk = [op for i, op in enumerate(chunk) if i in keep]
+                        results = [res for i, res in enumerate(results) if i in keep]
+                    self._record(chunk, results, ledger, results_fh, run_id, counts)
+
+            for chunk in batches:
+                while len(running) >= 2 * workers:
+                    collect(block=True)
+                if failure is not None:
+                    break
+                while retry:
+                    submit(*retry.pop())
+                submit(chunk, 1)
+                collect(block=False)
+            while running or (retry and failure is None):
+                while retry and failure is None:
+                    submit(*retry.pop())
+                if running:
+                    collect(block=True)
+        return failure
+
+    def _record(
+        self,
+        chunk: list[Operation],
+        results: Sequence[Any],
+        ledger: Ledger,
+        results_fh: Any,
+        run_id: str | None,
+        counts: dict[str, int],
+    ) -> None:
+        if not chunk:
+            return
+        updates, rows = self._outcomes(chunk, results)
+        ledger.record(self.instance, updates, run_id=run_id)
+        for row in rows:
+            results_fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str))
+            results_fh.write("\n")
+        results_fh.flush()
+        counts["batches"] += 1
+        failed = sum(r["outcome"] == "failed" for r in rows)
+        self.log.info("batch %d: %d operations, %d failed", counts["batches"], len(chunk), failed)
 
     def _not_done_yet(self, ledger: Ledger, writes: list[Operation]) -> list[Operation]:
         entries = ledger.entries(self.instance, [op.applicant_id for op in writes])
@@ -133,8 +298,9 @@ class LoadLeadsOperator(BaseOperator):
                 record=str(op.applicant_id),
             )
         body = dict(op.payload)
-        if op.set_owner and owner_id:
-            body["ownerid@odata.bind"] = f"/systemusers({owner_id})"
+        owner = op.owner_id or owner_id  # the owner rule's user for this create, else the plan's fallback
+        if op.set_owner and owner:
+            body["ownerid@odata.bind"] = f"/systemusers({owner})"
         return factory(
             method="PATCH",
             url=f"{self.entity_set}({op.lead_id})?$select=leadid",
