@@ -2,14 +2,15 @@
 
 preflight → extract → transform → plan → load → commit → report
 
-- preflight: token, WhoAmI, the mapping against the live lead metadata, the contact owner; nothing is
-  extracted or written when the configuration is wrong.
+- preflight: token, WhoAmI, the mapping against the live lead metadata, the contact owner and rule owners,
+  the DreamApply key; a configuration error fails the run at once, before any extract or write.
 - extract: new applicants (ID cursor), changes (journal cursor), failed ones to retry; bulk endpoints.
 - transform: Great Expectations validation (row quarantine; batch gates stop the run before any write),
   the consent gate and the mapping (include/mappings/settings.yaml) per applicant.
-- plan: create / update / adopt-by-email / unchanged against the ledger; consent-withdrawal and erasure
-  actions.
-- load: ``$batch`` upserts by deterministic lead id (a re-run never duplicates a lead).
+- plan: create / update / adopt-by-email / unchanged against the ledger; owners per rule; missing picklist
+  options added (one publish per run); consent-withdrawal and erasure actions.
+- load: ``$batch`` upserts by deterministic lead id (a re-run never duplicates a lead), parallel workers
+  behind one shared throttle.
 - commit: cursors advance only after the load succeeded; erased applicants scrubbed from ledger and run files.
 - report: created / updated / unchanged / skipped for consent / quarantined / failed, in the log,
   ``report.json`` in the run folder and the DAG run note (runs even when the load failed).
@@ -18,6 +19,7 @@ preflight → extract → transform → plan → load → commit → report
 Params: ``full_resync`` (re-send everyone), ``applicant_ids`` (send just these, e.g. [123, 456]).
 Environment: ``D365_SYNC_SCHEDULE`` (default ``@hourly``), ``D365_SYNC_SETTINGS``, ``D365_SYNC_LEDGER_URL``,
 ``D365_SYNC_RUN_ROOT``, ``D365_SYNC_BATCH_SIZE`` (operations per ``$batch``, default 100),
+``D365_SYNC_MAX_WORKERS`` (parallel load workers, default 16, capped by x-ms-dop-hint),
 ``D365_SYNC_TASK_RETRIES`` / ``D365_SYNC_RETRY_DELAY_SECONDS``.
 Pools: ``dreamapply_api`` (extract) and ``dynamics365_api`` (preflight, plan, load).
 """
