@@ -681,6 +681,12 @@ def report_step(rc: RunContext) -> dict[str, Any]:
         if r.get("outcome") == "failed"
     ]
     failures += erase_failures
+    # failed before the load (e.g. a picklist option could not be added): the transform outcome says why
+    failures += [
+        {"applicant_id": o["applicant_id"], "error_code": "before_load", "error": o.get("reason")}
+        for o in outcomes
+        if o["state"] == LeadState.FAILED.value
+    ]
     failures += [
         {"applicant_id": op.applicant_id, "error_code": "not_loaded", "error": "the load did not reach this record"}
         for op in ops
