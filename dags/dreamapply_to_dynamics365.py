@@ -16,7 +16,10 @@ preflight → extract → transform → plan → load → commit → report
   ``report.json`` in the run folder and the DAG run note (runs even when the load failed).
 - watcher: fails the DAG run when any task failed (so ``report`` running anyway cannot hide it).
 
-Params: ``full_resync`` (re-send everyone), ``applicant_ids`` (send just these, e.g. [123, 456]).
+Params: ``full_resync`` (re-send everyone), ``applicant_ids`` (send just these, e.g. [123, 456]),
+``tracker_codes`` / ``academic_term_ids`` (send everyone with these trackers / in these terms), ``dry_run``
+(print the plan: counts per action, creates per owner, picklist options that would be added; load and
+commit are skipped, nothing is written).
 Environment: ``D365_SYNC_SCHEDULE`` (default ``@hourly``), ``D365_SYNC_SETTINGS``, ``D365_SYNC_LEDGER_URL``,
 ``D365_SYNC_RUN_ROOT``, ``D365_SYNC_BATCH_SIZE`` (operations per ``$batch``, default 100),
 ``D365_SYNC_MAX_WORKERS`` (parallel load workers, default 16, capped by x-ms-dop-hint),
@@ -31,7 +34,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Param, chain, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
+from d365.notifications import FailureAlert
 from d365.operators.load_leads import LoadLeadsOperator
 
 DAG_ID = "dreamapply_to_dynamics365"
@@ -64,6 +69,7 @@ def _run_context() -> Any:
         "retries": int(os.environ.get("D365_SYNC_TASK_RETRIES", "2")),
         "retry_delay": timedelta(seconds=int(os.environ.get("D365_SYNC_RETRY_DELAY_SECONDS", "120"))),
         "retry_exponential_backoff": 2.0,
+        "on_failure_callback": FailureAlert(),  # mail to settings.technical_contact (d365.notifications)
     },
     params={
         "full_resync": Param(False, type="boolean", description="Re-send every applicant (cursors restart)."),
@@ -72,6 +78,24 @@ def _run_context() -> Any:
             type="array",
             items={"type": "integer"},
             description="Send only these DreamApply applicant IDs (a manual send); cursors do not move.",
+        ),
+        "tracker_codes": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            description="Manual send: every applicant with one of these tracker codes; cursors do not move.",
+        ),
+        "academic_term_ids": Param(
+            [],
+            type="array",
+            items={"type": "integer"},
+            description="Manual send: every applicant with an application in these academic terms.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            description="Plan and print what would be written (creates, updates, owners, picklist options); "
+            "writes nothing: load and commit are skipped.",
         ),
     },
     tags=["dreamapply", "dynamics365", "crm"],
@@ -104,8 +128,13 @@ def dreamapply_to_dynamics365() -> None:
 
         return plan_step(_run_context())
 
+    def skip_in_dry_run(context: Any) -> None:
+        if context["params"].get("dry_run"):
+            raise AirflowSkipException("dry run: nothing is written (commit is skipped too)")
+
     load = LoadLeadsOperator(
         task_id="load",
+        pre_execute=skip_in_dry_run,
         pool=DYNAMICS_POOL,
         run_folder="{{ ti.xcom_pull(task_ids='preflight')['run_folder'] }}",
         instance="{{ ti.xcom_pull(task_ids='preflight')['instance'] }}",

@@ -50,6 +50,7 @@ LOAD_RESULTS = "load/results.jsonl"
 LOAD_STATS = "load/stats.json"
 COMMIT_PRIVACY = "commit/privacy.json"  # erasures of the run (counts, failures): their own lines are scrubbed
 REPORT = "report.json"
+PLAN_DRY_RUN = "plan/dry_run.json"  # a dry run's plan summary (what would be written)
 
 # Lookups of existing leads go in chunks small enough for a GET URL (values are escaped and encoded).
 LOOKUP_CHUNK = 50
@@ -102,10 +103,31 @@ class RunContext:
 
     @property
     def requested_ids(self) -> list[int]:
-        raw = self.params.get("applicant_ids") or []
-        if isinstance(raw, str):
-            raw = [part for part in raw.replace(",", " ").split() if part]
-        return sorted({int(i) for i in raw})
+        """The applicant IDs of a manual send: ``applicant_ids``, plus those the extract resolved from
+        ``tracker_codes`` / ``academic_term_ids`` (``extract/meta.json``)."""
+        ids = set(self._param_list("applicant_ids", int))
+        if self.tracker_codes or self.academic_term_ids:
+            ids.update(int(i) for i in (self.folder.read_json(EXTRACT_META) or {}).get("requested") or [])
+        return sorted(ids)
+
+    @property
+    def tracker_codes(self) -> list[str]:
+        return sorted(set(self._param_list("tracker_codes", str)))
+
+    @property
+    def academic_term_ids(self) -> list[int]:
+        return sorted(set(self._param_list("academic_term_ids", int)))
+
+    @property
+    def dry_run(self) -> bool:
+        """Plan and print, write nothing (no picklist options, no load, no commit)."""
+        return bool(self.params.get("dry_run"))
+
+    def _param_list(self, name: str, kind: Any) -> list[Any]:
+        raw = self.params.get(name) or []
+        if isinstance(raw, str | int):
+            raw = [part for part in str(raw).replace(",", " ").split() if part]
+        return [kind(str(v).strip()) if kind is str else kind(v) for v in raw if str(v).strip()]
 
     @property
     def full_resync(self) -> bool:
@@ -121,6 +143,15 @@ class RunContext:
 
 # -- preflight --------------------------------------------------------------------------------------
 def preflight(rc: RunContext) -> dict[str, Any]:
+    """Refuses to run while the integration is paused; an irrecoverable failure counts towards the automatic
+    pause (``d365.pause``). Then ``_preflight``."""
+    from d365.pause import preflight_guard
+
+    with preflight_guard(rc.settings, rc.ledger_url, rc.run_id):
+        return _preflight(rc)
+
+
+def _preflight(rc: RunContext) -> dict[str, Any]:
     """Before any extract: token and WhoAmI, the mapping against the live lead metadata (schema drift names
     the attribute), the contact owner and every owner-rule owner (exists, enabled, a person), then the
     DreamApply connection. Dynamics problems stop the run before DreamApply is asked anything."""
@@ -227,8 +258,24 @@ def extract_step(rc: RunContext) -> dict[str, Any]:
     hook = DreamApplyHook(s.dreamapply.connection_id)
     events = list(s.dreamapply.journal_events)
     page = s.dreamapply.page_size
-    if rc.requested_ids:
-        result = extract(hook, cursors, event_names=events, applicant_ids=rc.requested_ids, page_size=page)
+    requested = rc.requested_ids
+    if rc.tracker_codes or rc.academic_term_ids:  # a manual send by tracker or academic term
+        from d365.pipeline.extract import applicants_by_selection
+
+        selected = applicants_by_selection(hook, tracker_codes=rc.tracker_codes, academic_term_ids=rc.academic_term_ids)
+        log.info(
+            "manual send: %d applicants with tracker codes %s / academic terms %s",
+            len(selected),
+            rc.tracker_codes,
+            rc.academic_term_ids,
+        )
+        requested = sorted({*requested, *selected})
+        if not requested:
+            raise AirflowFailException(
+                f"no applicant has tracker codes {rc.tracker_codes} or academic terms {rc.academic_term_ids}"
+            )
+    if requested:
+        result = extract(hook, cursors, event_names=events, applicant_ids=requested, page_size=page)
     else:
         result = extract(hook, cursors, event_names=events, full_resync=rc.full_resync, page_size=page)
         seen = {a["applicant_id"] for a in result.applicants}
@@ -250,7 +297,7 @@ def extract_step(rc: RunContext) -> dict[str, Any]:
                 "journal_event_id": result.cursors.journal_event_id,
             },
             "counts": counts,
-            "requested": rc.requested_ids,
+            "requested": requested,
             "erased_applicant_ids": result.erased_applicant_ids,
         },
     )
@@ -321,7 +368,7 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
             raise QualityGateError(message) from None
         raise AirflowFailException(message)
     rc.folder.write_jsonl(TRANSFORM_LEADS, result.leads)
-    if full:
+    if full and not rc.dry_run:  # a dry run leaves the ledger untouched
         ledger = Ledger(rc.ledger_url)
         try:
             record_full_extract_rows(ledger, instance, len(records))
@@ -383,7 +430,15 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
     mapped = [m for m in mapped if m.applicant_id not in erased_ids]
     dyn: Any = None
     options_meta: dict[str, Any] = {}
-    if any(m.applicant_id in needs for m in mapped):  # picklist options to add: once per run, one publish
+    if rc.dry_run and any(m.applicant_id in needs for m in mapped):  # reported as "would add", nothing inserted
+        from d365.pipeline.picklists import needed_options
+
+        wanted = needed_options({"options_needed": needs[m.applicant_id]} for m in mapped if m.applicant_id in needs)
+        options_meta = {
+            "dry_run": True,
+            "would_add": [{"attribute": a, "label": label} for a, label in wanted.values()],
+        }
+    elif any(m.applicant_id in needs for m in mapped):  # picklist options to add: once per run, one publish
         dyn = DynamicsHook(s.dynamics.connection_id)
         mapped, options_meta = _add_options(rc, dyn, mapped, needs)
     unknown = needs_lookup(mapped, entries)
@@ -429,6 +484,13 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
         },
     )
     log.info("plan: %s (%d lookup requests)", counts, lookups)
+    if rc.dry_run:
+        from d365.pipeline.dry_run import plan_summary
+        from d365.pipeline.dry_run import summary_text as dry_run_text
+
+        summary = plan_summary(ops, rc.folder.read_json(PLAN_META) or {})
+        rc.folder.write_json(PLAN_DRY_RUN, summary)
+        print(dry_run_text(summary), flush=True)
     return {"writes": sum(counts.get(a, 0) for a in WRITES), **counts}
 
 
@@ -653,6 +715,8 @@ def _load_results(rc: RunContext) -> dict[int, dict[str, Any]]:
 # -- report -----------------------------------------------------------------------------------------
 def report_step(rc: RunContext) -> dict[str, Any]:
     """Counts from the files of this run; to the log, report.json and the DAG run note."""
+    if rc.dry_run:
+        return _dry_run_report(rc)
     extract_meta = rc.folder.read_json(EXTRACT_META) or {}
     outcomes = list(rc.folder.read_jsonl(TRANSFORM_OUTCOMES))
     ops = [Operation.from_json(o) for o in rc.folder.read_jsonl(PLAN_OPERATIONS)]
@@ -713,7 +777,25 @@ def report_step(rc: RunContext) -> dict[str, Any]:
         log.info(line)
     print(text, flush=True)
     report["note_set_via"] = set_run_note(rc.dag_id, rc.run_id, text)
+    from d365.pipeline.digest import send_digest
+
+    report["digest_sent"] = send_digest(rc.settings, report)  # one mail per run with record-level failures
     return report["outcomes"]
+
+
+def _dry_run_report(rc: RunContext) -> dict[str, Any]:
+    """A dry run's report: the plan (nothing was loaded or committed), in the log, report.json and the note."""
+    from d365.pipeline.dry_run import summary_text as dry_run_text
+
+    summary = rc.folder.read_json(PLAN_DRY_RUN) or {"dry_run": True, "counts": {}}
+    report = {"dag_id": rc.dag_id, "run_id": rc.run_id, **summary, "outcomes": {}}
+    rc.folder.write_json(REPORT, report)
+    text = dry_run_text(summary)
+    for line in text.splitlines():
+        log.info(line)
+    print(text, flush=True)
+    report["note_set_via"] = set_run_note(rc.dag_id, rc.run_id, text)
+    return {"dry_run": True, **summary.get("counts", {})}
 
 
 def _lines(rc: RunContext, name: str) -> int:

@@ -500,3 +500,24 @@ def extract(
         counts=counts,
         erased_applicant_ids=erased,
     )
+
+
+def applicants_by_selection(
+    client: Any,
+    *,
+    tracker_codes: Sequence[str] = (),
+    academic_term_ids: Sequence[int] = (),
+    page_size: int = LIST_PAGE_CAP,
+) -> list[int]:
+    """Applicant IDs of a manual send by tracker or academic term, in bulk: ``/applicants?byTrackerCodes=…``
+    (one keyset scan for all codes) and ``/applications?byAcademicTermID=…`` (one scan per term; the
+    applicants of those applications). The union, sorted."""
+    out: set[int] = set()
+    if tracker_codes:
+        params: dict[str, Any] = {"byTrackerCodes": list(tracker_codes)}
+        for page in client.iter_collection_pages("/applicants", params, page_size):
+            out.update(aid for key, item in page.items() if (aid := _key_id(key, item)) is not None)
+    for term in academic_term_ids:
+        for page in client.iter_collection_pages("/applications", {"byAcademicTermID": int(term)}, page_size):
+            out.update(aid for item in page.values() if (aid := link_id(item.get("applicant"))) is not None)
+    return sorted(out)

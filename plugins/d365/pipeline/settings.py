@@ -383,6 +383,36 @@ class ErasureSettings(_Model):
     action: Literal["delete", "anonymise", "flag"] = "delete"
 
 
+class AlertSettings(_Model):
+    """E-mails to ``technical_contact``: a task failure alert, one digest of record-level failures per run."""
+
+    enabled: StrictBool = True
+    # Airflow SMTP connection the mails go through (the smtp provider's SmtpNotifier / SmtpHook).
+    smtp_conn_id: str = "smtp_default"
+    # Sender; None: the connection's ``from_email`` extra, else ``d365-sync@localhost``.
+    from_email: str | None = None
+    # Send the per-run digest of record-level failures and quarantines.
+    digest: StrictBool = True
+    # At most this many applicant IDs listed per cause in the digest (the count is always complete).
+    max_ids_per_cause: StrictInt = Field(200, ge=1)
+
+
+class PauseSettings(_Model):
+    """Automatic pause: more than ``max_irrecoverable_failures`` in ``window_minutes`` stop further loads."""
+
+    enabled: StrictBool = True
+    max_irrecoverable_failures: StrictInt = Field(20, ge=0)
+    window_minutes: StrictInt = Field(60, ge=1)
+
+
+class ReconcileSettings(_Model):
+    """The nightly reconciliation DAG (``reconcile_dreamapply_leads``): drift between the ledger and Dynamics."""
+
+    # Leads deleted in the CRM are marked for re-send (ledger FAILED, reason "deleted in CRM"): the next sync
+    # recreates them with the same deterministic lead id. False: reported only.
+    recreate_deleted: StrictBool = False
+
+
 class DedupeSettings(_Model):
     adopt_existing_by_email: StrictBool = True
     email_column: str = "emailaddress1"
@@ -504,8 +534,11 @@ class Settings(_Model):
     contact_owner: ContactOwner | None = None
     owner_rules: tuple[OwnerRule, ...] = ()
     technical_contact: str | None = None
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    pause: PauseSettings = Field(default_factory=PauseSettings)
     fit_policy: FitPolicySettings = Field(default_factory=FitPolicySettings)
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     erasure: ErasureSettings = Field(default_factory=ErasureSettings)
     lead_stage: LeadStageSettings = Field(default_factory=LeadStageSettings)
@@ -650,8 +683,11 @@ def _known_keys() -> set[str]:
             FitPolicySettings,
             FitOverride,
             DedupeSettings,
+            ReconcileSettings,
             LeadStageSettings,
             FieldMapping,
+            AlertSettings,
+            PauseSettings,
         ):
             _ALL_KEYS.update(model.model_fields)
     return _ALL_KEYS

@@ -1,0 +1,137 @@
+"""The real DAG: a dry run prints the plan and writes nothing; manual sends by applicant ID, tracker code
+or academic term send exactly those applicants and leave the cursors where they were."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from e2e.helpers import accepted_live, leads_by_applicant, raw_applicants
+from e2e.test_picklists_owners import latest_run, settings_file
+
+from d365.pipeline.ledger import Ledger
+
+
+def autumn_term(data: dict[str, Any]) -> None:
+    """Every "Fall semester" needs the new option "Autumn term" (allowlisted): a dry run must not add it."""
+    data["data_mapping"]["uni_academictermtype"] = {
+        "source": "term.type",
+        "picklist": True,
+        "on_missing_option": "add",
+        "add_allowlist": ["Autumn term"],
+        "value_map": {"Fall semester": "Autumn term"},
+    }
+
+
+def option_calls(env: Any) -> tuple[int, int]:
+    s = env.client.get("/dataverse/stats")
+    return s["insert_option_value_calls"], s["publish_xml_calls"]
+
+
+def instance_of(env: Any) -> str:
+    return json.loads((latest_run(env) / "preflight.json").read_text())["instance"]
+
+
+def ledger_rows(env: Any) -> dict[str, int]:
+    """Row counts of every ledger table (entries, cursors, quality history)."""
+    engine = sa.create_engine(env.ledger_url)
+    try:
+        meta = sa.MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            return {
+                name: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+                for name, table in meta.tables.items()
+            }
+    finally:
+        engine.dispose()
+
+
+def cursors(env: Any) -> dict[str, int]:
+    ledger = Ledger(env.ledger_url)
+    try:
+        return ledger.cursors(instance_of(env))
+    finally:
+        ledger.dispose()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(sync_env: Any, tmp_path: Path, capsys: Any) -> None:
+    env = sync_env(settings=settings_file(tmp_path, autumn_term), applicants=60)
+    run = env.run(dry_run=True)
+    assert run.state == "success", run.state
+    folder = latest_run(env)
+    summary = json.loads((folder / "plan" / "dry_run.json").read_text())
+    report = json.loads((folder / "report.json").read_text())
+    text = (folder / "report.json").read_text()
+    print("\n--- dry run on the sandbox sample (60 applicants) ---")
+    from d365.pipeline.dry_run import summary_text
+
+    print(summary_text(summary))
+
+    assert report["dry_run"] is True and report["counts"] == summary["counts"]
+    assert summary["counts"]["create"] > 0 and summary["writes"] == summary["counts"]["create"]
+    assert sum(summary["creates_per_owner"].values()) == summary["counts"]["create"]
+    assert summary["picklist_options_would_add"] == [{"attribute": "uni_academictermtype", "label": "Autumn term"}]
+    assert "DRY RUN" in summary_text(summary) and "Autumn term" in text
+    # nothing written: no lead, no option inserted or published, no load or commit, ledger and cursors unchanged
+    assert env.leads() == []
+    assert option_calls(env) == (0, 0)
+    assert not (folder / "load" / "results.jsonl").exists()
+    assert not (folder / "commit").exists()
+    assert cursors(env) == {"applicant_id": 0, "journal_event_id": 0}
+    assert all(n == 0 for n in ledger_rows(env).values()), ledger_rows(env)
+
+    # the real run afterwards creates what the dry run announced
+    assert env.run().state == "success"
+    assert len(env.leads()) == summary["counts"]["create"]
+    assert option_calls(env) == (1, 1)
+
+
+def test_manual_send_of_two_applicant_ids_creates_exactly_those(sync_env: Any) -> None:
+    env = sync_env(applicants=60)
+    two = sorted(accepted_live(raw_applicants(env.client)))[:2]
+    run = env.run(applicant_ids=two)
+    assert run.state == "success", run.state
+    leads = leads_by_applicant(env.leads())
+    print(f"\nmanual send of applicants {two}: leads {sorted(leads)}")
+    assert sorted(leads) == two
+    assert env.reports()[-1]["outcomes"]["created"] == 2
+    assert cursors(env) == {"applicant_id": 0, "journal_event_id": 0}  # a manual send does not move the cursors
+
+
+def test_tracker_and_term_selection_send_the_matching_applicants_only(sync_env: Any) -> None:
+    env = sync_env(applicants=60)
+    ds = env.sandbox.state.dreamapply.ds
+    live = accepted_live(raw_applicants(env.client))
+    by_tracker: dict[str, set[int]] = {}
+    for a in ds.applicants.values():
+        for tid, _ in a.trackers or ():
+            by_tracker.setdefault(ds.catalog.trackers[tid].code, set()).add(a.id)
+    code = max(by_tracker, key=lambda c: len(by_tracker[c] & live))
+    by_term: dict[int, set[int]] = {}
+    for app in ds.applications.values():
+        by_term.setdefault(app.term_id, set()).add(app.applicant_id)
+    term = max((t for t in by_term if not by_term[t] <= by_tracker[code]), key=lambda t: len(by_term[t] & live))
+
+    assert env.run(tracker_codes=[code]).state == "success"
+    sent = set(leads_by_applicant(env.leads()))
+    print(f"\ntracker {code}: applicants {sorted(by_tracker[code])}, leads for {sorted(sent)}")
+    assert sent and sent <= by_tracker[code]
+    assert sent == by_tracker[code] & live - quarantined(env)
+
+    assert env.run(academic_term_ids=[term]).state == "success"
+    after = set(leads_by_applicant(env.leads()))
+    print(f"academic term {term}: applicants {sorted(by_term[term])}, new leads for {sorted(after - sent)}")
+    assert after - sent and after - sent <= by_term[term]
+    assert after <= by_tracker[code] | by_term[term]
+    assert cursors(env) == {"applicant_id": 0, "journal_event_id": 0}
+
+
+def quarantined(env: Any) -> set[int]:
+    """Applicants the latest run did not send (quarantine or consent), by its report."""
+    report = env.reports()[-1]
+    return {int(q["applicant_id"]) for q in report.get("quarantine") or []} | {
+        int(f["applicant_id"]) for f in report.get("failures") or []
+    }
