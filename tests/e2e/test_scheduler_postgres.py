@@ -70,7 +70,7 @@ def airflow_on_postgres(tmp_path: Path, make_sandbox):  # type: ignore[no-untype
         for cmd in ("api-server", "scheduler", "dag-processor")
     ]
     try:
-        yield f"http://127.0.0.1:{port}", client, tmp_path
+        yield f"http://127.0.0.1:{port}", client, tmp_path, env
     finally:
         for p in procs:
             p.terminate()
@@ -84,8 +84,39 @@ def airflow_on_postgres(tmp_path: Path, make_sandbox):  # type: ignore[no-untype
         admin.dispose()
 
 
-def test_scheduler_runs_the_sync_triggered_through_the_rest_api(airflow_on_postgres) -> None:  # type: ignore[no-untyped-def]
-    base, client, tmp_path = airflow_on_postgres
+def test_scheduler_runs_the_sync_triggered_over_rest_and_a_cli_backfill(airflow_on_postgres) -> None:  # type: ignore[no-untyped-def]
+    base, client, tmp_path, env = airflow_on_postgres
+    http = _authorised(base)
+    _unpause(http, base)
+    r = http.post(f"{base}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}, timeout=10)
+    assert r.status_code in (200, 201), r.text
+    run_id = r.json()["dag_run_id"]
+    state = _wait(http, base, run_id, tmp_path)
+    assert state == "success"
+    assert client.get("/dataverse/stats")["leads"] > 0
+
+    # A backfill over two hourly intervals, created with the CLI as the README documents: the scheduler
+    # runs both, one at a time (max_active_runs=1), and the second finds nothing new to send.
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", "backfill", "create", "--dag-id", DAG_ID,
+         "--from-date", "2026-01-01T00:00:00+00:00", "--to-date", "2026-01-01T01:00:00+00:00",
+         "--max-active-runs", "1"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    deadline = time.monotonic() + 300
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = http.get(f"{base}/api/v2/dags/{DAG_ID}/dagRuns", params={"run_type": "backfill"}, timeout=10).json()[
+            "dag_runs"
+        ]
+        if len(runs) >= 2 and all(r["state"] in ("success", "failed") for r in runs):
+            break
+        time.sleep(3)
+    assert len(runs) >= 2 and all(r["state"] == "success" for r in runs), runs
+
+
+def _authorised(base: str) -> requests.Session:
     http = requests.Session()
     deadline = time.monotonic() + 120
     token = None
@@ -105,16 +136,22 @@ def test_scheduler_runs_the_sync_triggered_through_the_rest_api(airflow_on_postg
                 time.sleep(1)
     assert token, "the api-server did not issue a token"
     http.headers["Authorization"] = f"Bearer {token}"
+    return http
+
+
+def _unpause(http: requests.Session, base: str) -> None:
+    deadline = time.monotonic() + 120
+    r = None
     while time.monotonic() < deadline:  # the dag-processor must have parsed the DAG
         r = http.get(f"{base}/api/v2/dags/{DAG_ID}", timeout=5)
         if r.status_code == 200:
             break
         time.sleep(1)
-    assert r.status_code == 200, r.text
+    assert r is not None and r.status_code == 200, r.text if r is not None else "no answer"
     http.patch(f"{base}/api/v2/dags/{DAG_ID}", json={"is_paused": False}, timeout=10).raise_for_status()
-    r = http.post(f"{base}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}, timeout=10)
-    assert r.status_code in (200, 201), r.text
-    run_id = r.json()["dag_run_id"]
+
+
+def _wait(http: requests.Session, base: str, run_id: str, tmp_path: Path) -> str | None:
     state = None
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -124,4 +161,4 @@ def test_scheduler_runs_the_sync_triggered_through_the_rest_api(airflow_on_postg
         time.sleep(2)
     logs = "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("*.log"))
     assert state == "success", f"run ended {state}\n{logs}"
-    assert client.get("/dataverse/stats")["leads"] > 0
+    return state
