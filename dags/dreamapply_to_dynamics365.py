@@ -104,29 +104,29 @@ def _run_context() -> Any:
 def dreamapply_to_dynamics365() -> None:
     @task(pool=DYNAMICS_POOL)
     def preflight() -> dict[str, Any]:
-        from d365.steps import RunContext
+        from d365.steps import RunContext, timed
         from d365.steps import preflight as run
 
         ctx = get_current_context()
-        return run(RunContext.create(DAG_ID, ctx["dag_run"].run_id, ctx["params"]))
+        return timed(RunContext.create(DAG_ID, ctx["dag_run"].run_id, ctx["params"]), "preflight", run)
 
     @task(pool=DREAMAPPLY_POOL)
     def extract() -> dict[str, Any]:
-        from d365.steps import extract_step
+        from d365.steps import extract_step, timed
 
-        return extract_step(_run_context())
+        return timed(_run_context(), "extract", extract_step)
 
     @task
     def transform() -> dict[str, Any]:
-        from d365.steps import transform_step
+        from d365.steps import timed, transform_step
 
-        return transform_step(_run_context())
+        return timed(_run_context(), "transform", transform_step)
 
     @task(pool=DYNAMICS_POOL)
     def plan() -> dict[str, Any]:
-        from d365.steps import plan_step
+        from d365.steps import plan_step, timed
 
-        return plan_step(_run_context())
+        return timed(_run_context(), "plan", plan_step)
 
     def skip_in_dry_run(context: Any) -> None:
         if context["params"].get("dry_run"):
@@ -144,15 +144,15 @@ def dreamapply_to_dynamics365() -> None:
 
     @task
     def commit() -> dict[str, Any]:
-        from d365.steps import commit_step
+        from d365.steps import commit_step, timed
 
-        return commit_step(_run_context())
+        return timed(_run_context(), "commit", commit_step)
 
     @task(trigger_rule="all_done")
     def report() -> dict[str, Any]:
-        from d365.steps import report_step
+        from d365.steps import report_step, timed
 
-        return report_step(_run_context())
+        return timed(_run_context(), "report", report_step)
 
     @task(trigger_rule="one_failed", retries=0)
     def watcher() -> None:

@@ -9,6 +9,7 @@ for XCom. Hooks are built inside the steps, at task run time, never at DAG parse
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ LOAD_RESULTS = "load/results.jsonl"
 LOAD_STATS = "load/stats.json"
 COMMIT_PRIVACY = "commit/privacy.json"  # erasures of the run (counts, failures): their own lines are scrubbed
 REPORT = "report.json"
+TIMINGS = "timings.jsonl"
 PLAN_DRY_RUN = "plan/dry_run.json"  # a dry run's plan summary (what would be written)
 
 # Lookups of existing leads go in chunks small enough for a GET URL (values are escaped and encoded).
@@ -712,6 +714,28 @@ def _load_results(rc: RunContext) -> dict[int, dict[str, Any]]:
     return results
 
 
+def timed(rc: RunContext, name: str, step: Any) -> Any:
+    """Run one step and append its duration to the run folder (the report shows them)."""
+    started = time.time()
+    try:
+        return step(rc)
+    finally:
+        try:
+            rc.folder.append_jsonl(
+                TIMINGS, [{"step": name, "started": started, "seconds": round(time.time() - started, 3)}]
+            )
+        except Exception:  # never fail a step for its bookkeeping
+            log.warning("could not record the duration of %s", name)
+
+
+def _durations(rc: RunContext) -> dict[str, float]:
+    durations = {row["step"]: row["seconds"] for row in rc.folder.read_jsonl(TIMINGS)}  # a retried step: last wins
+    load = rc.folder.read_json(LOAD_STATS) or {}
+    if isinstance(load.get("elapsed_seconds"), int | float):
+        durations["load"] = round(float(load["elapsed_seconds"]), 3)
+    return durations
+
+
 # -- report -----------------------------------------------------------------------------------------
 def report_step(rc: RunContext) -> dict[str, Any]:
     """Counts from the files of this run; to the log, report.json and the DAG run note."""
@@ -771,6 +795,7 @@ def report_step(rc: RunContext) -> dict[str, Any]:
         failures=failures,
         quarantine=quarantine,
     )
+    report["durations_seconds"] = _durations(rc)
     rc.folder.write_json(REPORT, report)
     text = summary_text(report)
     for line in text.splitlines():

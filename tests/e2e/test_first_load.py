@@ -11,6 +11,9 @@ def test_first_load_then_rerun_writes_nothing(sync_env) -> None:  # type: ignore
     report = env.reports()[-1]
     print(report["outcomes"])
     assert report["outcomes"]["created"] == len(leads) > 0
+    durations = report["durations_seconds"]  # the run report carries how long each step took
+    assert {"preflight", "extract", "transform", "plan", "load", "commit"} <= set(durations)
+    assert all(seconds >= 0 for seconds in durations.values())
     again = env.run()
     assert again.state == "success"
     second = env.reports()[-1]["outcomes"]

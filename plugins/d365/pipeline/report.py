@@ -112,4 +112,13 @@ def summary_text(report: Mapping[str, Any]) -> str:
             f"quality: {quality.get('quarantined', 0)} quarantined{stopped}, see {quality['summary']}"
             + (f" (GX result: {quality['gx_result']})" if quality.get("gx_result") else "")
         )
+    throttle = (load.get("throttle") or {}) if load else {}
+    if throttle.get("retry_after_waits") or throttle.get("pacing_waits"):
+        lines.append(
+            f"throttling waits: {throttle.get('retry_after_waits', 0)} Retry-After, "
+            f"{throttle.get('pacing_waits', 0)} pacing"
+        )
+    durations = report.get("durations_seconds") or {}
+    if durations:
+        lines.append("durations: " + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in durations.items()))
     return "\n".join(lines)
