@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections import Counter
 from typing import Any
@@ -41,3 +42,20 @@ def snapshot(client: SandboxClient) -> dict[int, str]:
         apps = [client.get(f"/dreamapply/applications/{app}") for app in a.get("applications") or []]
         out[aid] = json.dumps({"applicant": a, "applications": apps}, sort_keys=True, default=str)
     return out
+
+
+def personal_patterns(raw: dict[int, dict[str, Any]]) -> list[tuple[int, str, re.Pattern[str]]]:
+    """(applicant, field, pattern) for every name (as a whole word), e-mail and phone of the sandbox."""
+    found = []
+    for aid, a in raw.items():
+        for field in ("given", "middle", "family", "email", "phone"):
+            value = (a.get(field) or "").strip()
+            # shorter values are not personal enough to find ("123" is in many lead GUIDs)
+            if len(value) < (6 if field == "phone" else 3):
+                continue
+            if field in ("given", "middle", "family"):
+                pattern = re.compile(r"(?<!\w)" + re.escape(value) + r"(?!\w)")
+            else:
+                pattern = re.compile(re.escape(value))
+            found.append((aid, field, pattern))
+    return found

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e.helpers import raw_applicants
+from e2e.helpers import personal_patterns, raw_applicants
 from smtp_sink import SmtpSink, smtp_sink  # noqa: F401 - the fixture
 
 from d365.pause import IntegrationPaused, PauseStore
@@ -35,21 +35,6 @@ def settings_file(tmp_path: Path, change: Any) -> Path:
     path = tmp_path / "settings.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
-
-
-def personal_patterns(raw: dict[int, dict[str, Any]]) -> list[tuple[int, str, re.Pattern[str]]]:
-    found = []
-    for aid, a in raw.items():
-        for field in ("given", "middle", "family", "email", "phone"):
-            value = (a.get(field) or "").strip()
-            if len(value) < (6 if field == "phone" else 3):
-                continue
-            if field in ("given", "middle", "family"):
-                pattern = re.compile(r"(?<!\w)" + re.escape(value) + r"(?!\w)")
-            else:
-                pattern = re.compile(re.escape(value))
-            found.append((aid, field, pattern))
-    return found
 
 
 def secrets(env: Any) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
-from e2e.helpers import leads_by_applicant, raw_applicants
+from e2e.helpers import leads_by_applicant, personal_patterns, raw_applicants
 
 from d365.pipeline.ledger import LeadState, Ledger, ledger_table
 from d365.pipeline.privacy import allowed_columns, personal_columns
@@ -161,23 +160,6 @@ def test_erasure_deletes_or_anonymises_the_lead_and_scrubs_ledger_and_run_files(
     assert out["erased"] == 1 and out["updated"] == 0 and out["created"] == 0  # x stays erased, unsent
 
 
-def _personal_values(raw: dict[int, dict[str, Any]]) -> list[tuple[int, str, re.Pattern[str]]]:
-    """(applicant, field, pattern) for every name (as a whole word), e-mail and phone of the sandbox."""
-    found = []
-    for aid, a in raw.items():
-        for field in ("given", "middle", "family", "email", "phone"):
-            value = (a.get(field) or "").strip()
-            # shorter values are not personal enough to find ("123" is in many lead GUIDs)
-            if len(value) < (6 if field == "phone" else 3):
-                continue
-            if field in ("given", "middle", "family"):
-                pattern = re.compile(r"(?<!\w)" + re.escape(value) + r"(?!\w)")
-            else:
-                pattern = re.compile(re.escape(value))
-            found.append((aid, field, pattern))
-    return found
-
-
 def test_reports_outcomes_results_logs_and_ledger_carry_no_names_emails_or_phones(sync_env, caplog, capfd) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.DEBUG)
     env = sync_env(applicants=55)
@@ -221,7 +203,7 @@ def test_reports_outcomes_results_logs_and_ledger_carry_no_names_emails_or_phone
     texts["log"] = "\n".join(lines)
     assert "committed" in texts["log"] and "d365" in texts["log"]
 
-    patterns = _personal_values(raw)
+    patterns = personal_patterns(raw)
     extract = next(env.run_root.glob("*/*/extract/applicants.jsonl")).read_text(encoding="utf-8")
     found = {(aid, field) for aid, field, pattern in patterns if pattern.search(extract)}
     assert len(found) > len(raw), "the scan must find the personal values where they belong (the extract)"
