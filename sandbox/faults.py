@@ -9,7 +9,13 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-FaultKind = Literal["status", "reset", "timeout", "latency"]
+FaultKind = Literal[
+    "status", "reset", "timeout", "latency", "html", "json_error", "empty", "cut", "wrong_encoding", "next_link"
+]
+KINDS = frozenset(FaultKind.__args__)  # type: ignore[attr-defined]
+# Kinds that answer 200 with a body that is not what it claims (a proxy, a maintenance page, a cut connection)
+UNTRUSTED_BODY_KINDS = frozenset({"html", "json_error", "empty", "cut", "wrong_encoding", "next_link"})
+NEXT_LINK_MODES = frozenset({"repeat", "foreign"})
 
 
 @dataclass
@@ -22,7 +28,18 @@ class FaultRule:
       reset   -> drop the TCP connection with a RST, no response
       timeout -> hold the request ``seconds`` before answering normally (clients should time out)
       latency -> add ``seconds`` before handling the request normally
-    firing:
+      html    -> 200 with a ``text/html`` maintenance page (what a proxy or a load balancer answers)
+      json_error -> 200 ``application/json`` holding an error object instead of the resource
+      empty   -> 200 with an empty body
+      cut     -> the real answer with its body cut in half (a connection closed mid-body)
+      wrong_encoding -> the real answer re-encoded as cp1252 while the header still says UTF-8
+      next_link -> the real JSON answer with ``@odata.nextLink`` rewritten: ``mode`` ``repeat`` points it at the
+                 URL just requested (a client that follows it loops); ``foreign`` moves it to another origin
+                 (``localhost`` <-> ``127.0.0.1``, same port: it reaches this sandbox, so the request log shows
+                 whether a client sent its bearer token there)
+      ``status`` overrides the 200 of the body kinds (``cut``/``wrong_encoding``/``next_link`` keep the real
+      status unless it is given). ``retry_after`` (status 429, or any status when given as text) is a number
+      of seconds or any text, sent verbatim: "1e9", "-5", "inf", an HTTP date.
       nth     -> fire on the nth matching request after the rule was added (1-based)
       every   -> fire on every ``every``-th matching request
       rate    -> fire with this probability (seeded)
@@ -34,8 +51,9 @@ class FaultRule:
     server: str = "*"
     method: str = "*"
     path: str = ".*"
-    status: int = 503
-    retry_after: float = 1.0
+    status: int | None = None  # None: 503 for ``status``, 200 (or the real status) for the body kinds
+    retry_after: float | str = 1.0
+    mode: str | None = None
     seconds: float = 0.0
     nth: int | None = None
     every: int | None = None
@@ -49,8 +67,12 @@ class FaultRule:
     _path_re: re.Pattern[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("status", "reset", "timeout", "latency"):
-            raise ValueError(f"unknown fault kind {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(KINDS)}")
+        if self.kind == "next_link" and self.mode not in NEXT_LINK_MODES:
+            raise ValueError(f"next_link needs mode {sorted(NEXT_LINK_MODES)}")
+        if self.kind == "status" and self.status is None:
+            self.status = 503
         if self.nth is not None and self.times is None:
             self.times = 1
         self._rng = random.Random(self.seed)
