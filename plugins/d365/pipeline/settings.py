@@ -358,9 +358,32 @@ class FitPolicySettings(_Model):
     overrides: dict[str, FitOverride] = Field(default_factory=dict)
 
 
+FieldPolicy = Literal["drop", "send_as_entered", "quarantine"]
+# The applicant fields a quality check can find invalid (quality.py), by short name → the source field that
+# reads it (``None``: the application dates, which feed the lead stage, not a column). ``quality.field_policy``
+# and ``quality.identity`` use these names.
+QUALITY_FIELDS: dict[str, str | None] = {
+    "type": "applicant.type",
+    "registered": "applicant.registered",
+    "name_full": "applicant.name.full",
+    "name_given": "applicant.name.given",
+    "name_middle": "applicant.name.middle",
+    "name_family": "applicant.name.family",
+    "email": "applicant.email",
+    "phone": "applicant.phone",
+    "citizenship": "applicant.citizenship",
+    "reference": "applicant.reference",
+    "matriculation": "applicant.matriculation",
+    "application_dates": None,
+}
+DEFAULT_IDENTITY: tuple[tuple[str, ...], ...] = (("name_family", "name_full"), ("email", "phone"))
+
+
 class QualitySettings(_Model):
-    """Great Expectations checks on each extract (quality.py). Row failures are quarantined; these
-    batch-level limits fail the run before any write."""
+    """Great Expectations checks on each extract (quality.py). An applicant is withheld (quarantined) only
+    for its identity: not a record, no or a duplicated id, a malformed record, no usable identity
+    (``identity``). Any other invalid value follows ``field_policy`` (default ``drop``). These batch-level
+    limits fail the run before any write."""
 
     # More than this fraction of the extracted applicants invalid → the run stops before the load.
     max_invalid_fraction: float = Field(0.25, ge=0, le=1)
@@ -372,8 +395,61 @@ class QualitySettings(_Model):
     check_api_count: StrictBool = True
     # The count may differ by this fraction of X-Count, rounded up (applicants registered during the run).
     api_count_tolerance: float = Field(0.01, ge=0, le=1)
-    # An applicant without an e-mail address is quarantined (false: sent without one; the lead allows it).
+    # An applicant without a usable e-mail address is quarantined: the same as adding [email] to ``identity``
+    # (false: sent without one; the lead allows it).
     quarantine_missing_email: StrictBool = False
+    # Per field (QUALITY_FIELDS): what an invalid value does. drop (default) = the column is left out on
+    # create and cleared (null) on update; send_as_entered = sent as typed when it fits the column, else
+    # dropped; quarantine = the applicant is withheld.
+    field_policy: dict[str, FieldPolicy] = Field(default_factory=dict)
+    # Usable identity: every group needs one field that is present and passes its checks. Default: a family
+    # or full name, and an e-mail or a phone. [] = only the applicant id is required.
+    identity: tuple[tuple[str, ...], ...] = DEFAULT_IDENTITY
+    # Region (ISO 3166-1 alpha-2, e.g. EE) for phones typed without a country code when the applicant's
+    # citizenship does not give a valid number; None = the citizenship only.
+    default_region: str | None = None
+
+    @field_validator("field_policy")
+    @classmethod
+    def _policy_fields(cls, value: dict[str, FieldPolicy]) -> dict[str, FieldPolicy]:
+        for name in value:
+            if name not in QUALITY_FIELDS:
+                known = ", ".join(QUALITY_FIELDS)
+                raise ValueError(f"unknown field {name!r}{_close(name, QUALITY_FIELDS)} (fields: {known})")
+        return value
+
+    @field_validator("identity")
+    @classmethod
+    def _identity_fields(cls, value: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+        for group in value:
+            if not group:
+                raise ValueError("each identity group lists at least one field")
+            for name in group:
+                if name not in QUALITY_FIELDS or name == "application_dates":
+                    raise ValueError(f"unknown identity field {name!r}{_close(name, QUALITY_FIELDS)}")
+        return value
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        import phonenumbers
+
+        code = value.strip().upper()
+        if code not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not a region phonenumbers knows (an ISO 3166-1 alpha-2 code, e.g. 'EE')")
+        return code
+
+    def policy(self, field: str) -> FieldPolicy:
+        """What an invalid value of ``field`` does (``field_policy``, default ``drop``)."""
+        return self.field_policy.get(field, "drop")
+
+    def identity_groups(self) -> tuple[tuple[str, ...], ...]:
+        """``identity`` plus ``[email]`` when ``quarantine_missing_email`` is on."""
+        if self.quarantine_missing_email and ("email",) not in self.identity:
+            return (*self.identity, ("email",))
+        return self.identity
 
 
 class ErasureSettings(_Model):
@@ -684,6 +760,7 @@ def _known_keys() -> set[str]:
             FitOverride,
             DedupeSettings,
             ReconcileSettings,
+            QualitySettings,
             LeadStageSettings,
             FieldMapping,
             AlertSettings,
