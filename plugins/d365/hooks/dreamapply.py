@@ -17,7 +17,8 @@ needs on top (reference: /work/shared/reference/dreamapply-api.md §1):
 - Quota: a :class:`~d365.hooks.rate_limit.SlidingWindowLimiter` slot is taken before every request,
   HEAD included, so a well-configured client never meets DreamApply's ``429``.
 - Retries (tenacity): ``429`` (DreamApply sends no ``Retry-After``: exponential backoff from
-  ``retry_wait_min`` up to ``retry_wait_max`` seconds plus jitter), ``5xx``, timeouts and connection
+  ``retry_wait_min`` up to ``retry_wait_max`` seconds plus jitter; a ``Retry-After`` that does come is honoured,
+  capped by the ``retry_after_max_seconds`` extra, default 300 s), ``5xx``, timeouts and connection
   errors. Every call is a GET or HEAD, so replaying is safe. ``401``/``403`` → :class:`DreamApplyAuthError`
   (never retried), other ``4xx`` → :class:`DreamApplyError`.
 - Counters in :attr:`DreamApplyHook.stats`: requests sent (retries included), retries, throttled (429s
@@ -40,6 +41,7 @@ from requests.auth import AuthBase
 
 from d365.hooks.errors import DreamApplyAuthError, DreamApplyError
 from d365.hooks.rate_limit import SlidingWindowLimiter
+from d365.hooks.throttle import RETRY_AFTER_MAX_SECONDS, retry_after_seconds
 
 API_PREFIX = "/api/v9"
 DEFAULT_REQUESTS_PER_MINUTE = 180
@@ -142,6 +144,8 @@ class DreamApplyHook(HttpHook):
         self.limiter = limiter
         self.instance_url = ""
         self.timeout: float | tuple[float, float] = DEFAULT_TIMEOUT
+        # A Retry-After (if DreamApply or a proxy sends one) is honoured up to this: extra retry_after_max_seconds.
+        self.retry_after_max_seconds = RETRY_AFTER_MAX_SECONDS
         self._session: requests.Session | None = None
         self._setup_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -195,6 +199,8 @@ class DreamApplyHook(HttpHook):
                     session.verify = str(ca_bundle)
                 elif extra.get("verify") is not None:
                     session.verify = extra["verify"]
+                if extra.get("retry_after_max_seconds") not in (None, ""):
+                    self.retry_after_max_seconds = float(extra["retry_after_max_seconds"])
                 timeout = extra.get("timeout")
                 if timeout is not None:
                     self.timeout = tuple(timeout) if isinstance(timeout, (list, tuple)) else float(timeout)  # type: ignore[assignment]
@@ -241,9 +247,19 @@ class DreamApplyHook(HttpHook):
             body = body[:ERROR_BODY_CHARS] + "…"
         message = body or response.reason or "no body"
         cls = DreamApplyAuthError if status in (401, 403) else DreamApplyError
-        raise cls(message, status=status, method=method, path=path)
+        error = cls(message, status=status, method=method, path=path)
+        if status == 429 or "Retry-After" in response.headers:
+            # None (absent or unreadable): the exponential backoff decides
+            error.retry_after = retry_after_seconds(  # type: ignore[attr-defined]
+                response.headers.get("Retry-After"), default=None, cap=self.retry_after_max_seconds
+            )
+        raise error
 
     def _retry_wait(self, retry_state: tenacity.RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        asked = getattr(exc, "retry_after", None)
+        if asked is not None:  # the server's Retry-After, already capped (throttle.retry_after_seconds)
+            return float(asked)
         n = max(retry_state.attempt_number, 1)
         base = min(self.retry_wait_max, self.retry_wait_min * 2 ** (n - 1))
         return min(self.retry_wait_max, base + random.uniform(0, self.retry_wait_min))

@@ -560,7 +560,11 @@ class DynamicsHook(BaseHook):
             response = self._transmit(session, method, url, body, headers, auth, ticket)
             status = response.status_code
             if status == 429:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"), self.default_retry_after)
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"),
+                    self.default_retry_after,
+                    self.throttle.settings.retry_after_max_seconds,
+                )
         except requests.Timeout as exc:
             self._bump("requests")
             raise DynamicsError(

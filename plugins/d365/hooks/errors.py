@@ -107,25 +107,12 @@ class DreamApplyAuthError(DreamApplyError):
 DUPLICATE_DETECTED = "0x80040333"  # 500: rule-based duplicate detection hit (not transient)
 
 
-def parse_retry_after(value: str | None, default: float) -> float:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); ``default`` when absent/garbled."""
-    if not value:
-        return default
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    from datetime import UTC, datetime
-    from email.utils import parsedate_to_datetime
+def parse_retry_after(value: str | None, default: float, cap: float | None = None) -> float:
+    """Seconds from a ``Retry-After`` header: ``d365.hooks.throttle.retry_after_seconds`` (capped, nonsense handled)."""
+    from d365.hooks.throttle import RETRY_AFTER_MAX_SECONDS, retry_after_seconds
 
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return default
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    seconds = retry_after_seconds(value, default=default, cap=RETRY_AFTER_MAX_SECONDS if cap is None else cap)
+    return default if seconds is None else seconds
 
 
 def parse_odata_error(body: object) -> tuple[str, str]:

@@ -26,22 +26,84 @@ answer). The gate has three parts:
 
 Budgets, window, margin and cap are configurable (connection extras or operator arguments), because the
 documented defaults "may vary between environments". ``clock``/``sleep`` are injectable for tests.
+
+``retry_after_seconds`` is the one reading of a ``Retry-After`` header for every hook (Dataverse's throttle and
+retries, the token endpoint, DreamApply's 429s): a server (or a proxy in front of it) can send nonsense, and a
+client that believes ``1e9`` never finishes. Huge values are capped (``retry_after_max_seconds``, default 300 s,
+a connection extra), a date in the past or a negative number means "soon" (a short backoff), and anything
+unreadable falls back to the caller's own backoff.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
-__all__ = ["Throttle", "ThrottleSettings", "Ticket"]
+__all__ = [
+    "RETRY_AFTER_MAX_SECONDS",
+    "RETRY_AFTER_PAST_SECONDS",
+    "Throttle",
+    "ThrottleSettings",
+    "Ticket",
+    "retry_after_seconds",
+]
 
 THROTTLED = 429
+# The longest a client waits for one Retry-After (connection extra ``retry_after_max_seconds`` overrides it).
+RETRY_AFTER_MAX_SECONDS = 300.0
+# The wait for a Retry-After that lies in the past or is negative: "retry soon", but not in a tight loop.
+RETRY_AFTER_PAST_SECONDS = 1.0
+
+
+def retry_after_seconds(
+    value: str | None,
+    *,
+    default: float | None,
+    cap: float = RETRY_AFTER_MAX_SECONDS,
+    past: float = RETRY_AFTER_PAST_SECONDS,
+    now: datetime | None = None,
+) -> float | None:
+    """Seconds to wait for a ``Retry-After`` header (delta-seconds or an HTTP date), always within ``[0, cap]``.
+
+    Absent, empty, ``nan`` or unreadable -> ``default`` (None lets the caller use its own backoff); ``inf`` or
+    anything above ``cap`` -> ``cap``; negative or a date in the past -> ``past`` (capped too).
+    """
+    cap = max(0.0, float(cap))
+    past = min(max(0.0, float(past)), cap)
+
+    def bounded(seconds: float | None) -> float | None:
+        return None if seconds is None else min(max(0.0, seconds), cap)
+
+    text = (value or "").strip()
+    if not text:
+        return bounded(default)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = None
+    else:
+        if math.isnan(seconds):
+            return bounded(default)
+        return past if seconds < 0 else bounded(seconds)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return bounded(default)
+    if when is None:
+        return bounded(default)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = (when - (now or datetime.now(UTC))).total_seconds()
+    return past if delta < 0 else bounded(delta)
 
 
 @dataclass(frozen=True)
@@ -65,6 +127,8 @@ class ThrottleSettings:
     estimate_weight: float = 0.2
     # Extra wait after a Retry-After, per thread, so senders do not all resume at the same instant.
     jitter_seconds: tuple[float, float] = (0.05, 0.25)
+    # The longest pause one Retry-After can impose (a server asking for more gets this).
+    retry_after_max_seconds: float = RETRY_AFTER_MAX_SECONDS
 
     # connection extra (or operator argument) name -> field
     EXTRAS: ClassVar[dict[str, str]] = {
@@ -73,6 +137,7 @@ class ThrottleSettings:
         "throttle_max_execution_ms": "max_execution_ms",
         "throttle_safety_margin": "safety_margin",
         "max_concurrency": "max_concurrency",
+        "retry_after_max_seconds": "retry_after_max_seconds",
     }
 
     def __post_init__(self) -> None:
@@ -82,6 +147,8 @@ class ThrottleSettings:
             raise ValueError("throttle safety_margin must be in (0, 1]")
         if self.max_concurrency < 1 or self.increase_every < 1:
             raise ValueError("max_concurrency and increase_every must be at least 1")
+        if not 0 <= self.retry_after_max_seconds < math.inf:
+            raise ValueError("retry_after_max_seconds must be a finite number of seconds, 0 or more")
 
     def updated(self, values: Mapping[str, Any] | None) -> ThrottleSettings:
         """A copy with field values (or their ``EXTRAS`` names) from ``values``; unknown names are ignored."""
@@ -275,7 +342,8 @@ class Throttle:
 
     def _on_throttled(self, ticket: Ticket, now: float, retry_after: float | None) -> None:
         self.stats["throttled_429"] += 1
-        seconds = max(0.0, float(retry_after if retry_after is not None else 0.0))
+        seconds = float(retry_after if retry_after is not None else 0.0)
+        seconds = min(max(0.0, seconds), self.settings.retry_after_max_seconds) if seconds == seconds else 0.0
         self.pause_until = max(self.pause_until, now + seconds)
         # Multiplicative decrease, once per round: 429s for requests sent before the last decrease
         # are echoes of the same overload.

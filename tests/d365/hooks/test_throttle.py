@@ -1,16 +1,30 @@
-"""The shared throttle on a fake clock: Retry-After pause, AIMD concurrency, budget pacing, settings."""
+"""The shared throttle on a fake clock: Retry-After pause, AIMD concurrency, budget pacing, settings; Retry-After
+parsing (capped, nonsense handled) and both hooks bounded by the cap against the sandbox."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
+from d365.hooks.dreamapply import DreamApplyHook
 from d365.hooks.dynamics import DynamicsHook
-from d365.hooks.throttle import Throttle, ThrottleSettings
+from d365.hooks.errors import parse_retry_after
+from d365.hooks.throttle import (
+    RETRY_AFTER_MAX_SECONDS,
+    RETRY_AFTER_PAST_SECONDS,
+    Throttle,
+    ThrottleSettings,
+    retry_after_seconds,
+)
 from sandbox import Sandbox
+from sandbox.client import SandboxClient, airflow_connections
 
 
 class FakeClock:
@@ -188,3 +202,111 @@ def test_hook_reads_throttle_budgets_from_connection_extras_and_caps_by_dop_hint
     )
     override.whoami()
     assert override.throttle.cap == 3 and override.throttle.stats["admitted"] >= 1
+
+
+# -- Retry-After: one reading for every hook, capped, nonsense handled -----------------------------------------
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("0", 0.0),
+        ("1e9", 300.0),  # huge: the cap
+        ("inf", 300.0),
+        ("Infinity", 300.0),
+        ("-5", RETRY_AFTER_PAST_SECONDS),  # negative: retry soon, not in a tight loop
+        ("-inf", RETRY_AFTER_PAST_SECONDS),
+        ("nan", 4.0),  # unreadable: the caller's default backoff
+        ("soon", 4.0),
+        ("", 4.0),
+        (None, 4.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", RETRY_AFTER_PAST_SECONDS),  # a date in the past
+        ("Sun, 01 Mar 2026 12:00:30 GMT", 30.0),  # a date 30 s ahead
+        ("Mon, 01 Mar 2027 12:00:00 GMT", 300.0),  # a date a year ahead: the cap
+        ("Xyz, 99 Foo 2026 99:99:99 GMT", 4.0),
+    ],
+)
+def test_retry_after_values_are_bounded(header: str | None, expected: float) -> None:
+    assert retry_after_seconds(header, default=4.0, now=NOW) == pytest.approx(expected)
+
+
+def test_retry_after_cap_and_default_are_the_callers() -> None:
+    assert retry_after_seconds("1e9", default=4.0, cap=0.5) == 0.5
+    assert retry_after_seconds(None, default=4.0, cap=0.5) == 0.5  # the default never exceeds the cap either
+    assert retry_after_seconds("-1", default=4.0, cap=0.5) == 0.5  # nor the "past" backoff
+    assert retry_after_seconds("x", default=None) is None  # None: the caller's own backoff decides
+    assert parse_retry_after("1e9", 5.0) == RETRY_AFTER_MAX_SECONDS == 300.0
+    assert parse_retry_after("1e9", 5.0, cap=12.0) == 12.0
+    assert parse_retry_after("garbage", 5.0) == 5.0
+
+
+def test_the_throttle_never_pauses_longer_than_its_cap() -> None:
+    clock = FakeClock()
+    t = make(clock, retry_after_max_seconds=2.0)
+    t.release(t.acquire(), 429, retry_after=1e9)
+    assert t.paused_for() == pytest.approx(2.0)
+    t.release(t.acquire(), 429, retry_after=float("nan"))
+    assert t.paused_for() == 0.0
+    assert ThrottleSettings().updated({"retry_after_max_seconds": "45"}).retry_after_max_seconds == 45.0
+    with pytest.raises(ValueError):
+        ThrottleSettings(retry_after_max_seconds=float("inf"))
+
+
+def _retry_after_faults(client: SandboxClient, rule_id: int) -> dict[str, Any]:
+    return next(r for r in client.get("/faults")["rules"] if r["id"] == rule_id)
+
+
+def test_dataverse_429_with_retry_after_1e9_waits_only_the_connection_cap(
+    dynamics_private: Callable[..., tuple[DynamicsHook, SandboxClient]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook, client = dynamics_private()
+    info = hook.get_connection(hook.dynamics365_conn_id)
+    extra = {**info.extra_dejson, "retry_after_max_seconds": 0.5}
+    conn = {"conn_type": "dynamics365", "host": info.host, "login": info.login, "password": info.password}
+    monkeypatch.setenv("AIRFLOW_CONN_DYNAMICS365_DEFAULT", json.dumps({**conn, "extra": extra}))
+    hook = DynamicsHook()
+    try:
+        hook.whoami()
+        rule = client.add_fault(
+            kind="status", server="dataverse", path="WhoAmI", status=429, retry_after="1e9", times=1
+        )
+        seq = client.last_seq()
+        started = time.monotonic()
+        assert hook.whoami()["UserId"]
+        elapsed = time.monotonic() - started
+    finally:
+        hook.close()
+    assert _retry_after_faults(client, rule["id"])["fired"] == 1
+    statuses = [(e["status"], e.get("retry_after")) for e in client.requests(server="dataverse", since=seq)]
+    assert statuses == [(429, 1e9), (200, None)]
+    assert hook.throttle.settings.retry_after_max_seconds == 0.5
+    assert hook.throttle.stats["retry_after_wait_seconds"] <= 0.5 + 0.25  # the cap plus the jitter
+    assert 0.5 <= elapsed < 5.0
+
+
+def test_dreamapply_429_with_retry_after_1e9_waits_only_the_connection_cap(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = sandbox.info()
+    client = SandboxClient(info)
+    conn = airflow_connections(info)["AIRFLOW_CONN_DREAMAPPLY_DEFAULT"]
+    conn["extra"]["retry_after_max_seconds"] = 0.4
+    monkeypatch.setenv("AIRFLOW_CONN_DREAMAPPLY_DEFAULT", json.dumps(conn))
+    hook = DreamApplyHook(retry_wait_min=30.0, retry_wait_max=60.0)  # the exponential backoff would take 30 s
+    rule = client.add_fault(
+        kind="status", server="dreamapply", path="/api/v9/academic-years", status=429, retry_after="1e9", times=1
+    )
+    try:
+        started = time.monotonic()
+        assert hook.get_collection("/academic-years")
+        elapsed = time.monotonic() - started
+        assert _retry_after_faults(client, rule["id"])["fired"] == 1
+    finally:
+        client.clear_faults()
+        hook.close()
+    assert hook.stats["throttled"] == 1 and hook.stats["retries"] == 1
+    assert hook.stats["backoff_seconds"] == pytest.approx(0.4)
+    assert 0.4 <= elapsed < 5.0
