@@ -36,6 +36,7 @@ class Applicant:
         "registered",
         "trackers",
         "type",
+        "wire",
     )
 
     def __init__(
@@ -77,6 +78,8 @@ class Applicant:
         self.applications: list[int] | None = None
         # epoch of erasure, 0 while live
         self.erased = 0
+        # how the API misrenders this record (sandbox.data.wire.WireOverride), None = as DreamApply renders it
+        self.wire: Any = None
 
     def full_name(self) -> str:
         return " ".join(p for p in (self.given, self.middle, self.family) if p)
@@ -103,6 +106,7 @@ class Applicant:
             "applications": list(self.applications or ()),
             "erased": bool(self.erased),
             "erased_at": self.erased or None,
+            "wire": self.wire.as_dict() if self.wire is not None else None,
         }
 
 

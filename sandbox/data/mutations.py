@@ -25,6 +25,7 @@ from sandbox.data.generator import (
     new_applicant,
     submit,
 )
+from sandbox.data.messy import messy_edit
 from sandbox.data.model import DECISION_ACCEPT, DECISION_REJECT, Applicant, Application, Dataset
 from sandbox.data.names import ascii_fold
 from sandbox.data.profiles import make_email, make_phone, make_profile
@@ -40,6 +41,7 @@ DEFAULT_RATES: dict[str, float] = {
     "consent_withdrawals": 0.003,  # voluntary Accept -> Reject
     "consent_new": 0.01,  # undecided voluntary consent -> Accept/Reject
     "erasures": 0.0005,  # applicants asking to be forgotten
+    "messy_edits": 0.0,  # applicants editing in a messy value (sandbox.data.messy): odd phone, country, encoding
 }
 EDITABLE = ("given", "middle", "family", "email", "phone", "citizenship", "reference", "matriculation", "notes", "type")
 APPLICANT_TYPES = ("Natural", "Child", "Legal")
@@ -148,6 +150,20 @@ def advance(ds: Dataset, start: int, end: int, seed: int, rates: dict[str, float
             sink.add(at, J.APPLICANT_EDITED, a.id, extra=J.edit_mask(fields))
             out["applicants_edited"].append(a.id)
             last[a.id] = max(last.get(a.id, 0), at)
+
+    # 2b. messy edits (none by default: the default rates keep their seeded outcomes)
+    out["applicants_messy"] = []
+    for a_id in sorted(rng.sample(live_before, _count(rng, len(live_before), R["messy_edits"], days))):
+        a = ds.applicants[a_id]
+        at = _at(rng, max(start, a.registered), end)
+        fields = messy_edit(rng, a)
+        if fields:
+            sink.add(at, J.APPLICANT_EDITED, a.id, extra=J.edit_mask(fields))
+            out["applicants_messy"].append(a.id)
+            if a.id not in out["applicants_edited"]:
+                out["applicants_edited"].append(a.id)
+            last[a.id] = max(last.get(a.id, 0), at)
+    out["applicants_edited"].sort()
 
     # 3. new applications (IDs given in creation order)
     new_apps: list[Application] = []

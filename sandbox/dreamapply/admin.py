@@ -12,6 +12,10 @@
   "offers": [{"type": "Conditional", "decision": "Final"}]}]``). Registered now; emits the events.
 - ``GET    /dreamapply/applicants/{id}`` → the raw record, erased ones included (``"erased": true``).
 - ``PATCH  /dreamapply/applicants/{id}`` → edit fields; emits ``Applicant was edited``.
+- ``PUT    /dreamapply/applicants/{id}/wire`` ``{"set": {"name": "Maria Tamm", "id": "12a"}, "remove": ["email"],
+  "replace": <any JSON>, "key": "12a", "journal": true}`` → the API serves the record malformed from now on
+  (``sandbox.data.wire``); ``GET`` → the override and the record as served; ``DELETE`` (``?journal=false``)
+  → served as rendered again. Both changes emit ``Applicant was edited`` unless ``journal`` is false.
 - ``POST   /dreamapply/applicants/{id}/consents`` ``{"consent": 2, "decision": "Accept"|"Reject"|null}``;
   emits ``Applicant consent was changed``.
 - ``POST   /dreamapply/applicants/{id}/erase`` ``{"request_to_be_forgotten": true}`` → purged; emits
@@ -31,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.data.mutations import MutationError
+from sandbox.dreamapply import render
 from sandbox.dreamapply.store import DreamApplyStore, isoformat_epoch
 from sandbox.httpcommon import STATE_KEY
 
@@ -78,6 +83,9 @@ def register(app: web.Application, prefix: str) -> None:
     r.add_post(f"{base}/applicants", _guard(create_applicants))
     r.add_get(f"{base}/applicants/{{id}}", _guard(get_applicant))
     r.add_patch(f"{base}/applicants/{{id}}", _guard(patch_applicant))
+    r.add_put(f"{base}/applicants/{{id}}/wire", _guard(put_wire))
+    r.add_get(f"{base}/applicants/{{id}}/wire", _guard(get_wire))
+    r.add_delete(f"{base}/applicants/{{id}}/wire", _guard(delete_wire))
     r.add_post(f"{base}/applicants/{{id}}/consents", _guard(set_consent))
     r.add_post(f"{base}/applicants/{{id}}/erase", _guard(erase_applicant))
     r.add_post(f"{base}/applicants/{{id}}/applications", _guard(create_application))
@@ -150,6 +158,33 @@ async def patch_applicant(request: web.Request) -> web.Response:
         raise MutationError("expected an object of fields")
     fields, event_id = _store(request).edit_applicant(a, body)
     return web.json_response({"applicant": a.as_dict(), "changed": fields, "event_id": event_id})
+
+
+def _wire_view(a) -> dict:
+    return {
+        "id": a.id,
+        "wire": a.wire.as_dict() if a.wire is not None else None,
+        "key": render.applicant_key(a),
+        "record": render.applicant(a, frozenset({"consents", "trackers"})),
+    }
+
+
+async def put_wire(request: web.Request) -> web.Response:
+    a = _live(request)
+    body = await _body(request)
+    _, event_id = _store(request).set_wire(a, body)
+    return web.json_response({**_wire_view(a), "event_id": event_id})
+
+
+async def get_wire(request: web.Request) -> web.Response:
+    return web.json_response(_wire_view(_live(request)))
+
+
+async def delete_wire(request: web.Request) -> web.Response:
+    a = _live(request)
+    journal = request.query.get("journal", "true").lower() not in ("false", "0", "no")
+    event_id = _store(request).clear_wire(a, journal)
+    return web.json_response({**_wire_view(a), "event_id": event_id})
 
 
 async def set_consent(request: web.Request) -> web.Response:

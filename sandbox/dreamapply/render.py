@@ -65,7 +65,18 @@ def tracker_associations(a: Applicant) -> dict[str, Any]:
     }
 
 
-def applicant(a: Applicant, expand: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+def applicant_key(a: Applicant) -> str:
+    """The record's key in ID-keyed collections: its id, unless a wire override says otherwise."""
+    return a.wire.key if a.wire is not None and a.wire.key is not None else str(a.id)
+
+
+def applicant(a: Applicant, expand: set[str] | frozenset[str] = frozenset()) -> Any:
+    """The wire record; an applicant with a wire override (``sandbox.data.wire``) is served malformed."""
+    out = _applicant(a, expand)
+    return a.wire.apply(out) if a.wire is not None else out
+
+
+def _applicant(a: Applicant, expand: set[str] | frozenset[str]) -> dict[str, Any]:
     base = f"{API}/applicants/{a.id}"
     given, middle, family = a.given, a.middle, a.family
     return {

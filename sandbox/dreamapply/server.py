@@ -236,7 +236,7 @@ async def applicants(request: web.Request) -> web.Response:
         limit=0 if _head(request) else limit,
     )
     with store.lock:
-        body = {str(a.id): R.applicant(a, expand) for a in found}
+        body = {R.applicant_key(a): R.applicant(a, expand) for a in found}
     return _json(request, body, count)
 
 

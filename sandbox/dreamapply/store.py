@@ -16,8 +16,9 @@ from typing import Any
 from sandbox.clock import isoformat
 from sandbox.data import mutations
 from sandbox.data.generator import EventSink, generate, summary
-from sandbox.data.journal import EVENT_CODES
+from sandbox.data.journal import APPLICANT_EDITED, EDIT_FIELDS, EVENT_CODES, edit_mask
 from sandbox.data.model import Applicant, Application, Dataset, Purge
+from sandbox.data.wire import WireOverride
 from sandbox.dreamapply.ratelimit import RateLimiter
 from sandbox.state import SandboxState
 
@@ -265,6 +266,27 @@ class DreamApplyStore:
     def edit_applicant(self, a: Applicant, changes: dict[str, Any]) -> tuple[list[str], int | None]:
         with self.lock:
             return mutations.edit_applicant(self.ds, a, changes, self.now())
+
+    def set_wire(self, a: Applicant, spec: Any) -> tuple[WireOverride, int | None]:
+        """Serve ``a`` malformed from now on (``sandbox.data.wire``); with ``journal`` (default true) an
+        ``Applicant was edited`` event makes incremental clients read it again."""
+        override = WireOverride.from_spec(spec)
+        with self.lock:
+            a.wire = override
+            return override, self._wire_event(a, override, spec.get("journal", True))
+
+    def clear_wire(self, a: Applicant, journal: bool = True) -> int | None:
+        """Serve ``a`` as DreamApply renders it again (the model's values)."""
+        with self.lock:
+            old, a.wire = a.wire, None
+            return self._wire_event(a, old, journal) if old is not None else None
+
+    def _wire_event(self, a: Applicant, override: WireOverride, journal: Any) -> int | None:
+        if not journal:
+            return None
+        touched = {p.split(".", 1)[0] for p in [*override.set, *override.remove]}
+        fields = [f for f in EDIT_FIELDS if f in touched] or ["name"]
+        return self.ds.journal.append(self.now(), APPLICANT_EDITED, a.id, extra=edit_mask(fields))
 
     def set_consent(self, a: Applicant, consent_id: int, decision: Any) -> int:
         with self.lock:
