@@ -84,6 +84,27 @@ class SandboxClient:
     def expire_tokens(self) -> None:
         self.post("/tokens/expire")
 
+    # -- DreamApply data ----------------------------------------------------------------------
+    def patch(self, path: str, body: Any) -> Any:
+        r = self.http.patch(self.admin_url + path, json=body)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def edit_applicant(self, applicant_id: int, **fields: Any) -> dict[str, Any]:
+        """Change profile fields (``given``, ``phone``, ``citizenship``...); emits ``Applicant was edited``."""
+        return self.patch(f"/dreamapply/applicants/{applicant_id}", fields)
+
+    def serve_malformed(self, applicant_id: int, **spec: Any) -> dict[str, Any]:
+        """Make the API serve this applicant's record malformed (``set``/``remove``/``replace``/``key``,
+        see ``sandbox.data.wire``); emits ``Applicant was edited`` unless ``journal=False``."""
+        return self.put(f"/dreamapply/applicants/{applicant_id}/wire", spec)
+
+    def serve_wellformed(self, applicant_id: int) -> dict[str, Any]:
+        """Undo ``serve_malformed``; emits ``Applicant was edited``."""
+        r = self.http.delete(f"{self.admin_url}/dreamapply/applicants/{applicant_id}/wire")
+        r.raise_for_status()
+        return r.json()
+
 
 def airflow_connections(info: dict[str, Any], **dreamapply_extra: Any) -> dict[str, dict[str, Any]]:
     """The two Airflow connections (as ``AIRFLOW_CONN_*`` JSON objects) that point the sync at a sandbox."""
