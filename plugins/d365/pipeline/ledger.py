@@ -11,7 +11,10 @@ both dialects support.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 
 ledger_table = sa.Table(
@@ -38,6 +42,9 @@ ledger_table = sa.Table(
     sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("last_attempt_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_run_id", sa.String(255), nullable=True),
+    # The writer's lock generation (``d365_sync_lock``): a write older than the row's is ignored, so a run that
+    # lost its lock can never put an older payload over a newer one. NULL: written without a lock (reconcile).
+    sa.Column("version", sa.BigInteger, nullable=True),
     sa.Index("ix_d365_sync_ledger_state", "instance", "state"),
 )
 
@@ -49,6 +56,44 @@ cursor_table = sa.Table(
     sa.Column("value", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+# One row per DreamApply instance: which run may read the cursors and write the ledger now (``acquire_lock``).
+# Released rows stay (run_id NULL) so that ``generation`` only ever grows; times are epoch milliseconds.
+lock_table = sa.Table(
+    "d365_sync_lock",
+    metadata,
+    sa.Column("instance", sa.String(255), primary_key=True),
+    sa.Column("run_id", sa.String(255), nullable=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("acquired_ms", sa.BigInteger, nullable=False),
+    sa.Column("renewed_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The lock row of an instance as one caller saw it. ``held``: the caller's run holds it."""
+
+    instance: str
+    run_id: str | None  # the holder; None: free
+    generation: int
+    acquired_ms: int
+    renewed_ms: int
+    expires_ms: int
+    held: bool
+
+    @property
+    def expires_at(self) -> datetime:
+        return datetime.fromtimestamp(self.expires_ms / 1000, UTC)
+
+    @property
+    def acquired_at(self) -> datetime:
+        return datetime.fromtimestamp(self.acquired_ms / 1000, UTC)
+
+    def expired(self, now_ms: int | None = None) -> bool:
+        return self.expires_ms <= (_now_ms() if now_ms is None else now_ms)
 
 
 class LeadState(enum.StrEnum):
@@ -102,6 +147,7 @@ class Ledger:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
             metadata.create_all(self.engine)
+            _add_missing_columns(self.engine, (ledger_table,))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -139,6 +185,107 @@ class Ledger:
                     )
                 )
         return self.cursors(instance)
+
+    # -- the per-instance lock -------------------------------------------------------------------
+    def acquire_lock(self, instance: str, run_id: str, *, ttl_seconds: float, now_ms: int | None = None) -> Lease:
+        """Take the instance's lock for ``run_id`` if it is free, expired or already this run's; one atomic
+        conditional upsert (``INSERT … ON CONFLICT DO UPDATE … WHERE``), so of two runs asking together exactly
+        one gets it, on SQLite and PostgreSQL alike. A new holder gets the next ``generation``; the holder
+        asking again (a retried task) keeps its generation and extends the expiry. Returns the row as it is
+        now: ``held`` says whether ``run_id`` holds it."""
+        now = _now_ms() if now_ms is None else now_ms
+        expires = now + int(ttl_seconds * 1000)
+        c = lock_table.c
+        insert = self._insert(lock_table).values(
+            instance=instance, run_id=run_id, generation=1, acquired_ms=now, renewed_ms=now, expires_ms=expires
+        )
+        ex = insert.excluded
+        same = c.run_id == ex.run_id
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["instance"],
+                    set_={
+                        "run_id": ex.run_id,
+                        "generation": sa.case((same, c.generation), else_=c.generation + 1),
+                        "acquired_ms": sa.case((same, c.acquired_ms), else_=ex.acquired_ms),
+                        "renewed_ms": ex.renewed_ms,
+                        "expires_ms": ex.expires_ms,
+                    },
+                    where=sa.or_(c.run_id.is_(None), same, c.expires_ms <= now),
+                )
+            )
+            return self._lease(conn, instance, run_id)
+
+    def renew_lock(self, instance: str, run_id: str, *, ttl_seconds: float, generation: int | None = None) -> Lease:
+        """Extend the lock's expiry if ``run_id`` still holds it (with ``generation``, if given). A lock that
+        expired but was not taken by another run is still this run's: nobody read the cursors in between.
+        Returns the row; ``held`` False means the run lost it (released, or taken after expiry)."""
+        now = _now_ms()
+        c = lock_table.c
+        condition = [c.instance == instance, c.run_id == run_id]
+        if generation is not None:
+            condition.append(c.generation == int(generation))
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(lock_table).where(*condition).values(renewed_ms=now, expires_ms=now + int(ttl_seconds * 1000))
+            )
+            lease = self._lease(conn, instance, run_id)
+        if generation is not None and lease.held and lease.generation != int(generation):
+            return dataclasses.replace(lease, held=False)
+        return lease
+
+    def release_lock(self, instance: str | None, run_id: str) -> int:
+        """Free the lock ``run_id`` holds (on every instance when ``instance`` is None); 0 if it held none.
+        The row stays, so the generation keeps growing."""
+        c = lock_table.c
+        condition = [c.run_id == run_id] + ([c.instance == instance] if instance is not None else [])
+        with self.engine.begin() as conn:
+            result = conn.execute(sa.update(lock_table).where(*condition).values(run_id=None, expires_ms=0))
+            return _rowcount(result, 0)
+
+    def clear_lock(self, instance: str) -> str | None:
+        """Free the lock whoever holds it (an operator's command for a run known to be dead). Returns the
+        run that held it."""
+        holder = self.lock_holder(instance)
+        if holder is None or holder.run_id is None:
+            return None
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(lock_table)
+                .where(lock_table.c.instance == instance, lock_table.c.run_id == holder.run_id)
+                .values(run_id=None, expires_ms=0)
+            )
+        return holder.run_id
+
+    def lock_holder(self, instance: str) -> Lease | None:
+        """The instance's lock row (``run_id`` None: free), or None when no run ever took it."""
+        with self.engine.connect() as conn:
+            lease = self._lease(conn, instance, None)
+        return None if lease.generation == 0 else lease
+
+    def locks(self) -> list[Lease]:
+        with self.engine.connect() as conn:
+            instances = [r[0] for r in conn.execute(sa.select(lock_table.c.instance).order_by(lock_table.c.instance))]
+            return [self._lease(conn, i, None) for i in instances]
+
+    @staticmethod
+    def _lease(conn: sa.Connection, instance: str, run_id: str | None) -> Lease:
+        c = lock_table.c
+        row = conn.execute(
+            sa.select(c.run_id, c.generation, c.acquired_ms, c.renewed_ms, c.expires_ms).where(c.instance == instance)
+        ).first()
+        if row is None:
+            return Lease(instance, None, 0, 0, 0, 0, held=False)
+        return Lease(
+            instance=instance,
+            run_id=row.run_id,
+            generation=int(row.generation),
+            acquired_ms=int(row.acquired_ms),
+            renewed_ms=int(row.renewed_ms),
+            expires_ms=int(row.expires_ms),
+            held=run_id is not None and row.run_id == run_id,
+        )
 
     def reset_cursors(self, instance: str) -> None:
         with self.engine.begin() as conn:
@@ -189,8 +336,19 @@ class Ledger:
             )
             return [int(r.applicant_id) for r in rows]
 
-    def record(self, instance: str, updates: Iterable[LedgerUpdate], *, run_id: str | None = None) -> int:
-        """Bulk-upsert outcomes. A failure keeps the last good lead id and hash; attempts count failures."""
+    def record(
+        self,
+        instance: str,
+        updates: Iterable[LedgerUpdate],
+        *,
+        run_id: str | None = None,
+        version: int | None = None,
+    ) -> int:
+        """Bulk-upsert outcomes. A failure keeps the last good lead id and hash; attempts count failures.
+
+        ``version`` is the writing run's lock generation (``acquire_lock``): a row written by a newer
+        generation is left as it is (atomically, in the upsert's ``WHERE``), so a run that lost its lock cannot
+        put an older payload over a newer one. Returns the number of rows written; ignored ones are logged."""
         now = _now()
         rows = []
         cleared: list[int] = []
@@ -213,18 +371,21 @@ class Ledger:
                     "last_synced_at": now if u.synced else None,
                     "last_attempt_at": now,
                     "last_run_id": run_id,
+                    "version": version,
                 }
             )
         if not rows:
             return 0
         c = ledger_table.c
+        current = _not_newer_than(c.version, version)
+        written = 0
         with self.engine.begin() as conn:
             for start in range(0, len(rows), 2000):
                 chunk = rows[start : start + 2000]
                 insert = self._insert(ledger_table).values(chunk)
                 ex = insert.excluded
                 failed_now = ex.state == LeadState.FAILED.value
-                conn.execute(
+                result = conn.execute(
                     insert.on_conflict_do_update(
                         index_elements=["instance", "applicant_id"],
                         set_={
@@ -240,16 +401,26 @@ class Ledger:
                             "last_synced_at": sa.func.coalesce(ex.last_synced_at, c.last_synced_at),
                             "last_attempt_at": ex.last_attempt_at,
                             "last_run_id": ex.last_run_id,
+                            "version": sa.func.coalesce(ex.version, c.version),
                         },
+                        where=current,
                     )
                 )
+                written += _rowcount(result, len(chunk))
             for start in range(0, len(cleared), 2000):
                 conn.execute(
                     sa.update(ledger_table)
-                    .where(c.instance == instance, c.applicant_id.in_(cleared[start : start + 2000]))
+                    .where(c.instance == instance, c.applicant_id.in_(cleared[start : start + 2000]), current)
                     .values(lead_id=None)
                 )
-        return len(rows)
+        if written < len(rows):
+            log.warning(
+                "ledger: %d of %d writes ignored, their rows were written by a newer run (lock generation > %s)",
+                len(rows) - written,
+                len(rows),
+                version,
+            )
+        return written
 
     def scrub(self, instance: str, applicant_ids: Iterable[int], *, reason: str) -> int:
         """Erasure: keep only what proves the action happened (ids, state, time), drop everything else."""
@@ -289,6 +460,43 @@ class Ledger:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _not_newer_than(column: sa.Column[Any], version: int | None) -> sa.ColumnElement[bool]:
+    """The row may be written by ``version``: unversioned writes always apply, and so do writes of a
+    generation at least as new as the row's (the same run writes many times)."""
+    if version is None:
+        return sa.true()
+    return sa.or_(column.is_(None), column <= int(version))
+
+
+def _rowcount(result: Any, default: int) -> int:
+    count = getattr(result, "rowcount", None)
+    return default if count is None or count < 0 else int(count)
+
+
+def _add_missing_columns(engine: sa.Engine, tables: Iterable[sa.Table]) -> None:
+    """``create_all`` creates missing tables, never missing columns: add nullable columns a newer version
+    of this module defines to a ledger created by an older one."""
+    inspector = sa.inspect(engine)
+    for table in tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {col["name"] for col in inspector.get_columns(table.name)}
+        missing = [col for col in table.columns if col.name not in present]
+        if not missing:
+            continue
+        with engine.begin() as conn:
+            for col in missing:
+                if not col.nullable:
+                    raise RuntimeError(f"ledger table {table.name} lacks the non-nullable column {col.name}")
+                kind = col.type.compile(dialect=engine.dialect)
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
+                log.info("ledger: added column %s.%s", table.name, col.name)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
