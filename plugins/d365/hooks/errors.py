@@ -47,9 +47,29 @@ class ApiError(Exception):
         return self.status is None or self.status == 429 or self.status >= 500
 
 
+class MalformedAnswer(ApiError):
+    """A 2xx answer that is not what the endpoint promises: an HTML page, a JSON error object, an empty or cut
+    body, a body in another encoding than it declares, or JSON of the wrong shape (a collection without its
+    rows, a map holding non-records).
+
+    Never "no data": a proxy's maintenance page or a half-sent body says nothing about the resource, so the
+    read is retried (the hooks do, a bounded number of times) and then fails the task. ``code`` names the
+    kind (``HtmlPage``, ``ErrorObject``, ``EmptyBody``, ``InvalidJson``, ``WrongEncoding``, ``WrongShape``);
+    the message names the endpoint and the shape, never a body value (it may hold personal data).
+    """
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
 # -- Dynamics 365 ---------------------------------------------------------------------------
 class DynamicsError(ApiError):
     service = "Dynamics 365"
+
+
+class DynamicsMalformedAnswer(DynamicsError, MalformedAnswer):
+    """A Dataverse answer with a success status whose body is not the promised JSON (see MalformedAnswer)."""
 
 
 class DynamicsAuthError(DynamicsError):
@@ -93,6 +113,10 @@ class DynamicsConflict(DynamicsError):
 # -- DreamApply ----------------------------------------------------------------------------
 class DreamApplyError(ApiError):
     service = "DreamApply"
+
+
+class DreamApplyMalformedAnswer(DreamApplyError, MalformedAnswer):
+    """A DreamApply answer with a success status whose body is not the promised JSON (see MalformedAnswer)."""
 
 
 class DreamApplyAuthError(DreamApplyError):
