@@ -59,3 +59,107 @@ def personal_patterns(raw: dict[int, dict[str, Any]]) -> list[tuple[int, str, re
                 pattern = re.compile(re.escape(value))
             found.append((aid, field, pattern))
     return found
+
+
+# -- what the default mapping SHOULD make of a raw DreamApply record (issue 9), read from the docs, not the code --
+REPLACEMENT_CHAR = "\ufffd"
+# UTF-8 read as Windows-1252: "Ã" or "Â" followed by what a UTF-8 continuation byte becomes ("Ã©", "Ã¶", "Â°")
+_MOJIBAKE = re.compile("[ÃÂ][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u2122]")
+COLUMN_LIMITS = {"firstname": 50, "middlename": 50, "lastname": 50, "emailaddress1": 100, "mobilephone": 20}
+
+
+def wrongly_encoded(text: str) -> bool:
+    """U+FFFD or classic mojibake: the text went through the wrong character encoding somewhere."""
+    return REPLACEMENT_CHAR in text or _MOJIBAKE.search(text) is not None
+
+
+def _cut(text: str, limit: int) -> str:
+    """At most ``limit`` UTF-16 units (Dataverse's count), never half a surrogate pair."""
+    return text.encode("utf-16-le")[: 2 * limit].decode("utf-16-le", errors="ignore")
+
+
+def clean_text(value: Any) -> str | None:
+    """A usable text: trimmed, NFC, not empty, not wrongly encoded; else None."""
+    text = nfc(value) if isinstance(value, str) else None
+    return text if text and not wrongly_encoded(text) else None
+
+
+def expected_country(value: Any) -> str | None:
+    """ISO alpha-2 of a code, alpha-3 or English name (pycountry; XK = Kosovo), as docs/settings.md says."""
+    import pycountry
+
+    text = value.strip() if isinstance(value, str) else ""
+    if not text:
+        return None
+    if text.upper() == "XK":
+        return "XK"
+    if len(text) == 2:
+        return text.upper() if pycountry.countries.get(alpha_2=text.upper()) else None
+    try:
+        return pycountry.countries.lookup(text).alpha_2
+    except LookupError:
+        return None
+
+
+def expected_phone(value: Any, citizenship: Any, default_region: str | None = None) -> str | None:
+    """E.164 (+ " ext. N" when it fits the column) when phonenumbers finds the number valid for the citizenship's
+    region, then ``default_region``, or it is typed internationally (+/00) with a possible length; else None."""
+    import phonenumbers
+
+    text = value.strip() if isinstance(value, str) else ""
+    if not text or any(ch.isalpha() for ch in re.sub(r"(?i)ext\.?|x", "", text)):
+        return None
+    country = expected_country(citizenship)
+    regions = [r for r in (country, default_region) if r and r in phonenumbers.SUPPORTED_REGIONS] or [None]
+    for region in regions:
+        try:
+            number = phonenumbers.parse(text, region)
+        except phonenumbers.NumberParseException:
+            continue
+        international = text.startswith(("+", "00"))
+        if phonenumbers.is_valid_number(number) or (international and phonenumbers.is_possible_number(number)):
+            e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+            with_ext = f"{e164} ext. {number.extension}" if number.extension else e164
+            return with_ext if len(with_ext) <= COLUMN_LIMITS["mobilephone"] else e164
+    return None
+
+
+def expected_email(value: Any) -> str | None:
+    from email_validator import EmailNotValidError, validate_email
+
+    text = value.strip() if isinstance(value, str) else ""
+    if not text:
+        return None
+    try:
+        validate_email(text, check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    return text
+
+
+def full_name(a: dict[str, Any]) -> str | None:
+    """``name.full`` as DreamApply renders it: the given, middle and family names joined."""
+    return " ".join(p for p in (a.get("given"), a.get("middle"), a.get("family")) if p) or None
+
+
+def usable_identity(a: dict[str, Any], default_region: str | None = None) -> bool:
+    """The default identity rule: a family name or full name, and an e-mail or a phone, each valid."""
+    named = clean_text(a.get("family")) is not None or clean_text(full_name(a)) is not None
+    reachable = expected_email(a.get("email")) is not None or (
+        expected_phone(a.get("phone"), a.get("citizenship"), default_region) is not None
+    )
+    return named and reachable
+
+
+def expected_profile(a: dict[str, Any], default_region: str | None = None) -> dict[str, Any]:
+    """The lead's profile columns for a raw record with a usable identity (None = left out or cleared)."""
+    given, middle = clean_text(a.get("given")), clean_text(a.get("middle"))
+    family = clean_text(a.get("family")) or clean_text(full_name(a))
+    return {
+        "firstname": _cut(given, COLUMN_LIMITS["firstname"]) if given else None,
+        "middlename": _cut(middle, COLUMN_LIMITS["middlename"]) if middle else None,
+        "lastname": _cut(family, COLUMN_LIMITS["lastname"]) if family else None,
+        "emailaddress1": expected_email(a.get("email")),
+        "mobilephone": expected_phone(a.get("phone"), a.get("citizenship"), default_region),
+        "uni_citizenship": expected_country(a.get("citizenship")),
+    }
