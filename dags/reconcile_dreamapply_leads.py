@@ -1,13 +1,22 @@
-"""Nightly reconciliation: the sync ledger against Dynamics 365 (leads deleted, deactivated or edited in the CRM).
+"""Nightly housekeeping: the sync ledger against Dynamics 365 (leads deleted, deactivated or edited in the CRM),
+and the retention of run folders.
 
-Every lead the ledger holds as sent (or withdrawn) is looked up by id in chunks; drift is reported in the log,
-in ``reconcile.json`` in this run's folder and in the DAG run note. With the setting
+``reconcile``: every lead the ledger holds as sent (or withdrawn) is looked up by id in chunks; drift is reported
+in the log, in ``reconcile.json`` in this run's folder and in the DAG run note. "Edited" compares a hash of the
+CRM's current values with the ledger's payload hash (no run files needed). With the setting
 ``reconcile.recreate_deleted: true`` the leads deleted in the CRM are marked for re-send (ledger ``failed``,
-reason "deleted in CRM"): the next ``dreamapply_to_dynamics365`` run recreates them with the same lead id.
+reason "deleted in CRM"): the next ``dreamapply_to_dynamics365`` run recreates them with the same lead id. When
+more than ``reconcile.max_deleted_fraction`` of the leads read as deleted, nothing is marked and the task fails.
 Nothing is written to Dynamics by this DAG. Details: ``d365.pipeline.reconcile``.
 
+``retention``: run folders under ``D365_SYNC_RUN_ROOT`` lose their personal files ``retention.personal_days``
+after the run started and are deleted after ``retention.report_days`` (``d365.pipeline.retention``). It runs
+here, once a day, beside ``reconcile`` and independent of it: retention is counted in days, a daily sweep lists
+every run folder once (an hourly one in the sync would list thousands of folders on S3 each hour and lengthen
+every sync), and it needs neither Dynamics nor DreamApply, so an outage of either never postpones a deletion.
+
 Environment: ``D365_RECONCILE_SCHEDULE`` (default ``@daily``), plus the sync's ``D365_SYNC_SETTINGS``,
-``D365_SYNC_LEDGER_URL`` and ``D365_SYNC_RUN_ROOT``. Pool: ``dynamics365_api``.
+``D365_SYNC_LEDGER_URL`` and ``D365_SYNC_RUN_ROOT``. Pool: ``dynamics365_api`` (reconcile).
 """
 
 from __future__ import annotations
@@ -19,9 +28,9 @@ from typing import Any
 from airflow.sdk import dag, get_current_context, task
 
 DAG_ID = "reconcile_dreamapply_leads"
-SYNC_DAG_ID = "dreamapply_to_dynamics365"
 DYNAMICS_POOL = "dynamics365_api"
 REPORT = "reconcile.json"
+RETENTION_REPORT = "retention.json"
 
 
 @dag(
@@ -43,10 +52,11 @@ def reconcile_dreamapply_leads() -> None:
         from d365.hooks.dynamics import DynamicsHook
         from d365.pipeline.identity import instance_key
         from d365.pipeline.ledger import Ledger, default_ledger_url
+        from d365.pipeline.privacy import allowed_columns
+        from d365.pipeline.reconcile import ReconcileRefused, column_kinds, summary_text
         from d365.pipeline.reconcile import reconcile as run
-        from d365.pipeline.reconcile import summary_text
         from d365.pipeline.run_note import set_run_note
-        from d365.pipeline.runfolder import RunFolder, default_run_root
+        from d365.pipeline.runfolder import RunFolder
         from d365.pipeline.settings import load_settings
 
         log = logging.getLogger(__name__)
@@ -65,9 +75,10 @@ def reconcile_dreamapply_leads() -> None:
                 dyn=dyn,
                 entity_set=meta.entity_set_name,
                 primary_id=meta.primary_id,
-                run_root=default_run_root(),
-                sync_dag_id=SYNC_DAG_ID,
+                columns=allowed_columns(s),
+                kinds=column_kinds(meta.attributes),
                 recreate_deleted=s.reconcile.recreate_deleted,
+                max_deleted_fraction=s.reconcile.max_deleted_fraction,
                 run_id=run_id,
             )
         finally:
@@ -79,9 +90,26 @@ def reconcile_dreamapply_leads() -> None:
             log.info(line)
         print(text, flush=True)
         set_run_note(DAG_ID, run_id, text)
+        if report["refused"]:
+            raise ReconcileRefused(report["refused"])
         return report["counts"]
 
+    @task
+    def retention() -> dict[str, Any]:
+        from d365.pipeline.retention import apply_retention
+        from d365.pipeline.runfolder import RunFolder, default_run_root
+        from d365.pipeline.settings import load_settings
+
+        ctx = get_current_context()
+        keep = load_settings().retention
+        result = apply_retention(
+            default_run_root(), personal_days=keep.personal_days, report_days=keep.report_days
+        ).to_json()
+        RunFolder.for_run(DAG_ID, ctx["dag_run"].run_id).write_json(RETENTION_REPORT, result)
+        return {k: v for k, v in result.items() if isinstance(v, int)}
+
     reconcile()
+    retention()
 
 
 reconcile_dreamapply_leads()

@@ -31,6 +31,8 @@ def _safe(part: str) -> str:
 
 
 class RunFolder:
+    """One run's folder (``<run root>/<dag id>/<run id>``); kept per ``retention`` (``d365.pipeline.retention``)."""
+
     def __init__(self, url: str) -> None:
         from airflow.sdk import ObjectStoragePath  # imported lazily: keeps DAG parsing cheap
 
@@ -39,8 +41,14 @@ class RunFolder:
 
     @classmethod
     def for_run(cls, dag_id: str, run_id: str, root: str | None = None) -> RunFolder:
+        """The run's folder, created with its ``run.json`` marker on first use: retention dates the run by the
+        marker, not by file times that an erasure's scrub refreshes (``d365.pipeline.retention``)."""
+        from d365.pipeline.retention import RUN_MARKER, marker
+
         folder = cls(f"{(root or default_run_root()).rstrip('/')}/{_safe(dag_id)}/{_safe(run_id)}")
         folder.path.mkdir(parents=True, exist_ok=True)
+        if not folder.exists(RUN_MARKER):
+            folder.write_json(RUN_MARKER, marker(dag_id, run_id))
         return folder
 
     def file(self, name: str) -> Any:

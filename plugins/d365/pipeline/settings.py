@@ -35,6 +35,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     ValidationError,
     field_validator,
@@ -487,6 +488,26 @@ class ReconcileSettings(_Model):
     # Leads deleted in the CRM are marked for re-send (ledger FAILED, reason "deleted in CRM"): the next sync
     # recreates them with the same deterministic lead id. False: reported only.
     recreate_deleted: StrictBool = False
+    # More than this share of the checked leads read as deleted: nothing is marked, the run fails (a wrong read
+    # of the CRM must not mark every lead deleted; a real mass deletion needs a person to look first).
+    max_deleted_fraction: StrictInt | StrictFloat = Field(0.05, ge=0, le=1)
+
+
+class RetentionSettings(_Model):
+    """How long run folders (``D365_SYNC_RUN_ROOT``) are kept; enforced nightly (``d365.pipeline.retention``)."""
+
+    # Files with personal data (extracts, transform/plan payloads, load results, quarantine, GX results):
+    # deleted this many days after the run started.
+    personal_days: StrictInt = Field(14, ge=1)
+    # What is left (reports, quality summaries, counts: applicant ids, no personal data): the whole run folder
+    # is deleted this many days after the run started.
+    report_days: StrictInt = Field(400, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> RetentionSettings:
+        if self.report_days < self.personal_days:
+            raise ValueError("retention.report_days must be at least retention.personal_days")
+        return self
 
 
 class DedupeSettings(_Model):
@@ -615,6 +636,7 @@ class Settings(_Model):
     fit_policy: FitPolicySettings = Field(default_factory=FitPolicySettings)
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     erasure: ErasureSettings = Field(default_factory=ErasureSettings)
     lead_stage: LeadStageSettings = Field(default_factory=LeadStageSettings)
@@ -760,6 +782,7 @@ def _known_keys() -> set[str]:
             FitOverride,
             DedupeSettings,
             ReconcileSettings,
+            RetentionSettings,
             QualitySettings,
             LeadStageSettings,
             FieldMapping,
