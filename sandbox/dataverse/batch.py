@@ -381,6 +381,7 @@ class BatchExecutor:
             headers.add(key, value)
         try:
             sub = self.service.dispatch(req.method, url, headers, body, self.caller, txn=txn)
+            self.operations += max(0, getattr(sub, "ops", 1) - 1)  # a bulk message counts its targets
             result = _Result(status=int(sub.status), headers=dict(sub.headers or {}), body=sub.body or b"")
         except Exception:  # a sandbox bug must not take the whole batch down
             log.exception("batch operation %s %s raised", req.method, url)

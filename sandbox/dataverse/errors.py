@@ -4,6 +4,12 @@ Every client error inside the service is raised as :class:`ODataError` and turne
 ``{"error":{"code":"0x...","message":"..."}}`` by the dispatcher. Codes and messages follow the
 catalogue in the Web API reference (§2.3); where the reference marks a code as unknown, the choice
 is documented next to the helper that builds it.
+
+What the real service supports but the sandbox does not (``BulkDelete``, the ``sql`` query
+parameter, FetchXML beyond the implemented subset) is refused by :func:`not_supported`: 400 with
+code ``0x80060888`` (the code of the service's other query-option refusals, e.g. ``$skip``) and a
+message that starts with the feature and says "is not supported by the Dataverse sandbox". Never a
+200 with data that ignores part of the request.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ UNEXPECTED = "0x80040216"
 CONCURRENCY_MISMATCH = "0x80060882"
 INVALID_ARGUMENT = "0x80040203"
 USER_DISABLED = "0x80040225"
+# FetchXML naming an attribute the entity does not have [unverified code; message as the service words it]
+FETCH_NO_ATTRIBUTE = "0x80041103"
 NOT_A_MEMBER = "0x80072560"
 
 
@@ -128,3 +136,8 @@ def key_not_defined(entity: str) -> ODataError:
     return ODataError(
         400, INVALID_ARGUMENT, f"The specified key attributes are not a defined key for the {entity} entity"
     )
+
+
+def not_supported(feature: str, instead: str) -> ODataError:
+    """A feature of the real service that the sandbox refuses instead of answering wrongly."""
+    return ODataError(400, ODATA_ERROR, f"{feature} is not supported by the Dataverse sandbox; {instead}.")

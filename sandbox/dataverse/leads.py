@@ -12,6 +12,10 @@ Decisions on [unverified] points:
 * ``$expand`` on leads is not supported by the sandbox (400).
 * Read responses also carry an ``ETag`` header; 204 write responses carry only ``OData-EntityId``
   (batch parts add ``Location`` themselves).
+* ``GET leads?fetchXml=…`` runs FetchXML (``fetchxml.py``); ``?sql=`` and every other query option
+  without ``$`` are refused with 400 (``odata.check_custom_options``), never ignored.
+* ``POST leads/Microsoft.Dynamics.CRM.CreateMultiple|UpdateMultiple|UpsertMultiple`` are the bulk
+  messages (``bulk.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from sandbox.clock import odata_datetime
-from sandbox.dataverse import errors, odata
+from sandbox.dataverse import bulk, errors, fetchxml, odata
 from sandbox.dataverse.metadata import LEAD_TYPE, AttributeDef, KeyDef, LeadMetadata
 from sandbox.dataverse.store import LeadStore, Transaction
 from sandbox.dataverse.users import BUSINESS_UNIT_ID
@@ -191,6 +195,10 @@ class LeadOps:
             if len(segments) == 2 and segments[1].text == "$count" and method == "GET":
                 result = odata.run_query(self.table, self._query_options(req, count_only=True))
                 return self.service.text_response(200, str(result.count or 0))
+            if len(segments) == 2 and segments[1].name in bulk.MESSAGES and segments[1].args is None:
+                if method != "POST":
+                    raise errors.method_not_allowed(method)
+                return bulk.handle(self, req, bulk.MESSAGES[segments[1].name])
             raise errors.resource_not_found(segments[1].text)
         target = self.parse_target(first.args)
         if len(segments) == 1:
@@ -250,6 +258,7 @@ class LeadOps:
     # -- reads -------------------------------------------------------------------------
     def _query_options(self, req: Request, count_only: bool = False) -> odata.QueryOptions:
         q = req.query
+        odata.check_custom_options(q, "leads", implemented=() if count_only else ("fetchXml",))
         for name in q:
             if name == "$skip":
                 raise errors.bad_request("The query parameter $skip is not supported")
@@ -290,6 +299,13 @@ class LeadOps:
         return options
 
     def query(self, req: Request) -> SubResponse:
+        if "fetchXml" in req.query:
+            users = self.service.users
+            body = fetchxml.response_body(req, self.table, self.service.web_api_url, req.query["fetchXml"], users)
+            applied = {}
+            if "odata.include-annotations" in req.prefer:
+                applied = {"Preference-Applied": f"odata.include-annotations={req.prefer['odata.include-annotations']}"}
+            return self.service.json_response(200, body, applied, streaming=True)
         select = self.table.select_names(req.query.get("$select"))
         options = self._query_options(req)
         result = odata.run_query(self.table, options)
@@ -313,6 +329,7 @@ class LeadOps:
         return self.service.json_response(200, body, req.preference_applied(page_size=True), streaming=True)
 
     def retrieve(self, req: Request, target: tuple[str, Any, KeyDef | None]) -> SubResponse:
+        odata.check_custom_options(req.query, "leads")
         for name in req.query:
             if name.startswith("$") and name not in ("$select", "$expand"):
                 raise errors.bad_request(f"The query parameter {name} is not supported")

@@ -376,6 +376,12 @@ class LeadMetadata:
             "OwnershipType": "UserOwned",
             "IsCustomEntity": False,
             "IsActivity": False,
+            "IsPrivate": False,
+            "IsIntersect": False,
+            "IsLogicalEntity": False,
+            "TableType": "Standard",
+            "HasActivities": True,
+            "HasNotes": True,
             "IsManaged": True,
             "IsValidForAdvancedFind": True,
             "IsAuditEnabled": {

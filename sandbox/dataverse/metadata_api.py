@@ -41,6 +41,12 @@ ENTITY_PROPERTIES = [
     "OwnershipType",
     "IsCustomEntity",
     "IsActivity",
+    "IsPrivate",
+    "IsIntersect",
+    "IsLogicalEntity",
+    "TableType",
+    "HasActivities",
+    "HasNotes",
     "IsManaged",
     "IsValidForAdvancedFind",
     "IsAuditEnabled",
@@ -135,6 +141,7 @@ class MetadataApi:
         for name in req.query:
             if name.startswith("$") and name not in ("$select", "$filter", "$expand"):
                 raise errors.bad_request(f"The query parameter {name} is not supported")
+        odata.check_custom_options(req.query, "EntityDefinitions")
         if first.args is None:
             if len(segments) > 1:
                 raise errors.resource_not_found(segments[1].text)

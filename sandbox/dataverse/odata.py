@@ -14,6 +14,16 @@
   is a Dataverse-shaped ``<cookie pagenumber="n" pagingcookie="..." istracking="False" />`` whose
   paging cookie is a keyset (the last row's sort values and id, base64 JSON), so rows inserted or
   deleted between pages never make another row appear twice or vanish.
+* ``$top`` with ``Prefer: odata.maxpagesize``: ``$top`` caps the TOTAL across pages (OData 4.0
+  server-driven paging: the pages partition the ``$top`` result). Each page holds at most
+  ``min(maxpagesize, rows left of $top)``; the skiptoken carries the remaining budget, and the page
+  that completes ``$top`` has no nextLink. Decision: the reference (§2.6) reads the Power Apps page
+  "``$top`` is ignored" when both are sent; the sandbox never serves more rows than ``$top`` asked
+  for, because a client that relies on ``$top`` as a cap (Microsoft's Python SDK does: "max total
+  records") must not be handed every row.
+* Custom query options (names without ``$``) are refused with 400 unless the entity set implements
+  them (``fetchXml`` on ``leads``, see ``fetchxml.py``); ``sql`` is always refused (see
+  :func:`check_custom_options`), so no query option is ever silently ignored.
 """
 
 from __future__ import annotations
@@ -574,6 +584,8 @@ def compile_filter(ast: tuple, table: Table) -> Callable[[Any], bool]:
         getter, _ = table.resolve(ast[1])
         negate = ast[2]
         return lambda row: (getter(row) is None) != negate
+    if kind == "pred":  # a ready predicate (FetchXML ``like``), see fetchxml.py
+        return ast[1]
     if kind == "lit" and ast[2] == "bool":
         value = ast[1]
         return lambda row: value
@@ -720,7 +732,7 @@ class QueryOptions:
     orderby: list[tuple[str, bool]] = field(default_factory=list)
     top: int | None = None
     count: bool = False
-    page_size: int | None = None  # from Prefer: odata.maxpagesize
+    page_size: int | None = None  # from Prefer: odata.maxpagesize (FetchXML: count)
     cursor: dict[str, Any] | None = None
 
 
@@ -747,16 +759,22 @@ def run_query(table: Table, options: QueryOptions) -> QueryResult:
     predicate = compile_filter(options.filter_ast, table) if options.filter_ast is not None else None
     order_getters = [(table.resolve(name)[0], desc) for name, desc in options.orderby]
     candidates = index_candidates(options.filter_ast, table)
+    cursor = options.cursor
+    # Rows of $top still to serve: the first page starts with $top, later pages carry the rest in the cursor.
+    budget: int | None = options.top
+    if cursor is not None and isinstance(cursor.get("t"), int):
+        budget = cursor["t"]
     if options.page_size is not None:
         limit = min(options.page_size, MAX_PAGE_SIZE)
         paged = True
-    elif options.top is not None:
-        limit = min(options.top, MAX_PAGE_SIZE)
+    elif budget is not None:
+        limit = min(budget, MAX_PAGE_SIZE)
         paged = False
     else:
         limit = MAX_PAGE_SIZE
         paged = True
-    cursor = options.cursor
+    if budget is not None:
+        limit = min(limit, budget)
     page_number = int(cursor.get("p", 1)) + 1 if cursor else 1
 
     count: int | None = None
@@ -799,9 +817,12 @@ def run_query(table: Table, options: QueryOptions) -> QueryResult:
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = None
-    if more and paged and rows:
+    left = None if budget is None else budget - len(rows)
+    if more and paged and rows and (left is None or left > 0):
         last = rows[-1]
         next_cursor = {"p": page_number, "id": table.row_id(last), "k": [g(last) for g, _ in order_getters]}
+        if left is not None:
+            next_cursor["t"] = left
     return QueryResult(
         rows=rows, next_cursor=next_cursor, page_number=page_number, count=count, count_exceeded=exceeded
     )
@@ -836,25 +857,59 @@ def _seek(rows: list[Any], cursor: dict[str, Any], order_getters: list[tuple[Get
 
 
 def encode_skiptoken(cursor: dict[str, Any]) -> str:
-    payload = base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode().rstrip("=")
-    cookie = urllib.parse.quote(f'<cookie page="{cursor["p"]}" sbx="{payload}" />', safe="")
+    cookie = urllib.parse.quote(paging_cookie(cursor), safe="")
     return f'<cookie pagenumber="{cursor["p"] + 1}" pagingcookie="{cookie}" istracking="False" />'
 
 
 def decode_skiptoken(token: str) -> dict[str, Any]:
     match = re.search(r'pagingcookie="([^"]*)"', token)
     if match:
-        inner = urllib.parse.unquote(urllib.parse.unquote(match.group(1)))
-        payload = re.search(r'sbx="([^"]*)"', inner)
-        if payload:
-            data = payload.group(1)
-            try:
-                cursor = json.loads(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
-            except (ValueError, binascii.Error):
-                cursor = None
-            if isinstance(cursor, dict) and isinstance(cursor.get("id"), str):
-                return cursor
+        cursor = decode_paging_cookie(urllib.parse.unquote(urllib.parse.unquote(match.group(1))))
+        if cursor is not None:
+            return cursor
     raise errors.bad_request("The $skiptoken value is not valid.", code="0x80040203")
+
+
+def paging_cookie(cursor: dict[str, Any]) -> str:
+    """The inner paging cookie for a keyset cursor: ``<cookie page="n" sbx="<base64 JSON>" />``."""
+    payload = base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode().rstrip("=")
+    return f'<cookie page="{cursor["p"]}" sbx="{payload}" />'
+
+
+def decode_paging_cookie(inner: str) -> dict[str, Any] | None:
+    """The keyset cursor inside a paging cookie made by :func:`paging_cookie`; None if it is not one."""
+    payload = re.search(r'sbx="([^"]*)"', inner)
+    if not payload:
+        return None
+    data = payload.group(1)
+    try:
+        cursor = json.loads(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    if isinstance(cursor, dict) and isinstance(cursor.get("id"), str) and isinstance(cursor.get("p"), int):
+        return cursor
+    return None
+
+
+def check_custom_options(query: dict[str, str], entity_set: str, implemented: tuple[str, ...] = ()) -> None:
+    """Refuse every query option without ``$`` that this entity set does not implement: never ignore one.
+
+    ``sql`` (the preview SQL endpoint) and ``fetchXml`` / ``savedQuery`` / ``userQuery`` where not
+    implemented would otherwise answer 200 with every row, their filters and ``top`` ignored.
+    """
+    for name in query:
+        if name.startswith("$") or name in implemented:
+            continue
+        if name == "sql":
+            raise errors.not_supported(
+                "The sql query parameter (Dataverse's SQL endpoint)",
+                "use $filter/$select/$orderby/$top, or fetchXml on leads",
+            )
+        if name in ("fetchXml", "savedQuery", "userQuery"):
+            raise errors.not_supported(
+                f"The {name} query parameter on {entity_set}", "use $filter/$select/$orderby/$top"
+            )
+        raise errors.bad_request(f"The query parameter {name} is not supported")
 
 
 def build_next_link(base_url: str, query: dict[str, str], cursor: dict[str, Any]) -> str:

@@ -51,7 +51,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     caller: Caller = request[auth.CALLER_KEY]
     body = await request.read() if request.can_read_body else b""
     result = service.dispatch(request.method, request.raw_path, request.headers, body, caller)
-    request[OPS_KEY] = 1
+    request[OPS_KEY] = result.ops
     if result.status >= 400 and result.body:
         try:
             request[LOG_EXTRA]["error_code"] = json.loads(result.body)["error"]["code"]

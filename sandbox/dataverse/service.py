@@ -7,9 +7,12 @@ returns the OData error as a :class:`SubResponse`. Writes made with ``txn=servic
 rolled back (changesets).
 
 Routes (under ``/api/data/v9.2/``): service document, ``$metadata`` (a small CSDL), ``WhoAmI``,
-``RetrieveVersion``, ``leads`` (see ``leads.py``), ``systemusers``, ``teams``,
+``RetrieveVersion``, ``leads`` (see ``leads.py``; ``fetchXml`` in ``fetchxml.py``; the bound
+``CreateMultiple``/``UpdateMultiple``/``UpsertMultiple`` in ``bulk.py``), ``systemusers``, ``teams``,
 ``EntityDefinitions`` (see ``metadata_api.py``), ``InsertOptionValue``, ``PublishXml``,
-``PublishAllXml``. Anything else → 404 "Resource not found for the segment 'x'.".
+``PublishAllXml``. ``BulkDelete`` (an asynchronous system job in the real service) is refused with
+400 "… is not supported by the Dataverse sandbox" (see ``errors.not_supported``); anything else →
+404 "Resource not found for the segment 'x'.".
 
 Decision [unverified]: option values inserted with ``InsertOptionValue`` are accepted by writes at
 once, before ``PublishXml``.
@@ -61,6 +64,7 @@ class SubResponse:
     status: int
     headers: dict[str, str]  # operation-specific headers (OData-EntityId, ETag, Preference-Applied, Content-Type...)
     body: bytes | None  # JSON bytes or None
+    ops: int = 1  # operations it counts for in service protection's execution time (a bulk message: its targets)
 
 
 class Request:
@@ -116,6 +120,17 @@ class Request:
     @property
     def annotate(self) -> bool:
         return "odata.include-annotations" in self.prefer
+
+    def wants_annotation(self, name: str) -> bool:
+        """Whether ``Prefer: odata.include-annotations`` asks for ``name`` (exactly, by ``Ns.*`` or by ``*``)."""
+        text = self.prefer.get("odata.include-annotations")
+        if text is None:
+            return False
+        for pattern in text.strip().strip('"').split(","):
+            pattern = pattern.strip()
+            if pattern == "*" or pattern == name or (pattern.endswith(".*") and name.startswith(pattern[:-1])):
+                return True
+        return False
 
     @property
     def duplicate_detection(self) -> bool:
@@ -385,6 +400,11 @@ class DataverseService:
             if req.method != "POST":
                 raise errors.method_not_allowed(req.method)
             return self.action(req, name)
+        if len(segments) == 1 and name == "BulkDelete" and first.args is None:
+            raise errors.not_supported(
+                "The BulkDelete action (an asynchronous bulk deletion job)",
+                "delete leads one by one with DELETE leads(<id>), or several in a $batch",
+            )
         if len(segments) == 1 and name == "$metadata":
             return SubResponse(200, {"Content-Type": "application/xml", "OData-Version": "4.0"}, self.csdl().encode())
         raise errors.resource_not_found(first.text)
@@ -441,6 +461,7 @@ class DataverseService:
                 raise errors.bad_request("The query parameter $skip is not supported")
             if name.startswith("$") and name not in ("$select", "$filter", "$orderby", "$top", "$count", "$skiptoken"):
                 raise errors.bad_request(f"The query parameter {name} is not supported")
+        odata.check_custom_options(req.query, table.entity_set)
         sel = req.query.get("$select")
         names = odata.parse_list(sel) if sel else None
         table.check_select(names or [])

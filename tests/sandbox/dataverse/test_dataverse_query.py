@@ -138,7 +138,7 @@ def test_skip_is_rejected(api: WebApi) -> None:
 @pytest.mark.parametrize("orderby", [None, "numberofemployees desc", "lastname asc"])
 def test_paging_returns_each_lead_exactly_once(api: WebApi, cohort: Any, orderby: str | None) -> None:
     marker, rows = cohort
-    params = {"$select": "firstname", "$filter": f"uni_reference eq '{marker}'", "$top": "3"}
+    params = {"$select": "firstname", "$filter": f"uni_reference eq '{marker}'"}
     if orderby:
         params["$orderby"] = orderby
     r = api.get("leads", params=params, headers={"Prefer": "odata.maxpagesize=7"})
@@ -160,6 +160,61 @@ def test_paging_returns_each_lead_exactly_once(api: WebApi, cohort: Any, orderby
         r = api.get(link, headers={"Prefer": "odata.maxpagesize=7"})
     assert pages == 4
     assert sorted(seen) == sorted(r["leadid"] for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("top", "page_size", "pages"), [(5, 2, [2, 2, 1]), (6, 2, [2, 2, 2]), (4, 10, [4]), (30, 10, [10, 10, 5]), (0, 3, [0])]
+)
+@pytest.mark.parametrize("orderby", [None, "firstname desc"])
+def test_top_caps_the_total_across_pages(
+    api: WebApi, cohort: Any, top: int, page_size: int, pages: list[int], orderby: str | None
+) -> None:
+    """$top with odata.maxpagesize: at most $top rows in all, the last page has no nextLink (25 leads match)."""
+    marker, rows = cohort
+    params = {"$select": "firstname", "$filter": f"uni_reference eq '{marker}'", "$top": str(top)}
+    if orderby:
+        params["$orderby"] = orderby
+    prefer = {"Prefer": f"odata.maxpagesize={page_size}"}
+    body = _query_with(api, params, prefer)
+    sizes, seen = [], []
+    while True:
+        sizes.append(len(body["value"]))
+        seen += [row["firstname"] for row in body["value"]]
+        link = body.get("@odata.nextLink")
+        if not link:
+            break
+        assert "$top=" in link  # the link keeps the query as sent; the remaining budget rides in the skiptoken
+        r = api.get(link, headers=prefer)
+        assert r.status_code == 200, r.text
+        body = r.json()
+    assert sizes == pages
+    if orderby:  # firstname desc
+        expected = sorted((r["firstname"] for r in rows), reverse=True)
+    else:  # by leadid
+        expected = [r["firstname"] for r in sorted(rows, key=lambda r: r["leadid"])]
+    assert seen == expected[:top]
+
+
+def _query_with(api: WebApi, params: dict[str, str], headers: dict[str, str]) -> dict[str, Any]:
+    r = api.get("leads", params=params, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_top_alone_is_one_page(api: WebApi, cohort: Any) -> None:
+    marker, _ = cohort
+    body = _query(api, **{"$select": "firstname", "$filter": f"uni_reference eq '{marker}'", "$top": "7"})
+    assert len(body["value"]) == 7 and "@odata.nextLink" not in body
+
+
+@pytest.mark.parametrize("option", ["sql", "savedQuery", "userQuery", "fetchxml", "foo"])
+def test_unknown_custom_query_options_are_refused(api: WebApi, cohort: Any, option: str) -> None:
+    """A query option the sandbox does not implement is a 400, never a 200 with every lead."""
+    status, code, message = error_of(api.get("leads", params={option: "SELECT leadid FROM lead"}))
+    assert (status, code) == (400, "0x80060888")
+    assert option in message
+    assert error_of(api.get("systemusers", params={"fetchXml": "<fetch/>"}))[:2] == (400, "0x80060888")
+    assert error_of(api.get(f"leads({cohort[1][0]['leadid']})", params={"sql": "x"}))[:2] == (400, "0x80060888")
 
 
 def test_bad_skiptoken(api: WebApi) -> None:
