@@ -6,7 +6,8 @@ needs on top (reference: /work/shared/reference/dreamapply-api.md §1):
 
 - Connection (type ``dreamapply``): ``host`` = instance URL (``https://apply.example.edu``; scheme defaults
   to https), ``password`` = API key. Extras: ``requests_per_minute`` (the key's quota, default 180),
-  ``ca_bundle`` (PEM path to verify TLS against), ``timeout`` (seconds, or ``[connect, read]``).
+  ``ca_bundle`` (PEM path to verify TLS against), ``timeout`` (seconds, or ``[connect, read]``),
+  ``retry_after_max_seconds``; ``http://`` and ``verify: false`` are refused unless ``"sandbox": true``.
 - Base URL ``<instance>/api/v9``; link strings the API returns (``/api/v9/applicants/1/trackers``) are
   resolved against the instance root. Absolute URLs on another host are refused (the key would leak).
 - ``Authorization: DREAM apikey="<key>"`` is added by a ``requests.auth.AuthBase``; the key is never
@@ -21,6 +22,9 @@ needs on top (reference: /work/shared/reference/dreamapply-api.md §1):
   capped by the ``retry_after_max_seconds`` extra, default 300 s), ``5xx``, timeouts and connection
   errors. Every call is a GET or HEAD, so replaying is safe. ``401``/``403`` → :class:`DreamApplyAuthError`
   (never retried), other ``4xx`` → :class:`DreamApplyError`.
+- Answers are checked before use (``d365.hooks.answers``): a 200 with an HTML page, a JSON error object, an
+  empty, cut or wrongly encoded body, a map holding non-records or a HEAD without ``X-Count`` is a
+  :class:`DreamApplyMalformedAnswer`, retried like a 5xx and then raised, never read as "no data".
 - Counters in :attr:`DreamApplyHook.stats`: requests sent (retries included), retries, throttled (429s
   met), waited_seconds (client-side quota waits), backoff_seconds (sleeps between retries).
 """
@@ -30,7 +34,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -39,7 +43,9 @@ import tenacity
 from airflow.providers.http.hooks.http import HttpHook
 from requests.auth import AuthBase
 
-from d365.hooks.errors import DreamApplyAuthError, DreamApplyError
+from d365.hooks.answers import Where, id_map, read_json
+from d365.hooks.connection_policy import check_transport, is_sandbox, verify_from_extra
+from d365.hooks.errors import DreamApplyAuthError, DreamApplyError, DreamApplyMalformedAnswer
 from d365.hooks.rate_limit import SlidingWindowLimiter
 from d365.hooks.throttle import RETRY_AFTER_MAX_SECONDS, retry_after_seconds
 
@@ -81,25 +87,29 @@ def _encode_params(params: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return out
 
 
-def _id_map(obj: Any) -> dict[str, dict[str, Any]]:
+def _id_map(obj: Any, path: str = "") -> dict[str, dict[str, Any]]:
     """An ID-keyed collection as ``{id: item}``: drops a ``pages`` paginator, adds a missing ``"id"``.
 
-    PHP encodes an empty map as ``[]``; a non-empty list is keyed by each item's ``id``.
+    PHP encodes an empty map as ``[]``; a non-empty list is keyed by each item's ``id``. Anything else (a
+    map holding non-records, null, a scalar) is a :class:`DreamApplyMalformedAnswer` (``answers.id_map``).
     """
-    if obj is None:
-        return {}
-    if isinstance(obj, list):
-        return {str(item["id"]): item for item in obj if isinstance(item, dict) and "id" in item}
-    if not isinstance(obj, dict):
-        raise DreamApplyError(f"expected an ID-keyed collection, got {type(obj).__name__}")
-    out: dict[str, dict[str, Any]] = {}
-    for key, item in obj.items():
-        if key == "pages" or not isinstance(item, dict):
-            continue
-        if "id" not in item:
-            item = {**item, "id": int(key) if key.isdigit() else key}
-        out[str(key)] = item
-    return out
+    return id_map(obj, Where(DreamApplyMalformedAnswer, "GET", path))
+
+
+def _paginated(body: Any, where: Where) -> tuple[dict[str, dict[str, Any]], int | None]:
+    """A ``pages``-paginated collection (e.g. /purged-resources): its items and the next page number."""
+    items = id_map(body, where)
+    paginator = body.get("pages") if isinstance(body, dict) else None
+    if paginator is None:
+        return items, None
+    if not isinstance(paginator, dict):
+        raise where.fail("WrongShape", f"a 'pages' paginator that is {type(paginator).__name__}")
+    nxt = paginator.get("next")
+    if nxt is None:
+        return items, None
+    if isinstance(nxt, bool) or not str(nxt).strip().isdigit():
+        raise where.fail("WrongShape", "a 'pages' paginator whose 'next' is not a page number")
+    return items, int(nxt)
 
 
 def _max_id(page: Mapping[str, Any]) -> int | None:
@@ -191,14 +201,23 @@ class DreamApplyHook(HttpHook):
                         f"connection {self.dreamapply_conn_id!r} has no API key (password)", status=None
                     )
                 extra = connection.extra_dejson or {}
+                verify = verify_from_extra(extra)
+                # the API key travels only over verified https, unless the connection is marked a sandbox
+                check_transport(
+                    self.dreamapply_conn_id,
+                    urls={"host (instance URL)": self.instance_url},
+                    verify=verify,
+                    sandbox=is_sandbox(extra),
+                    error=DreamApplyAuthError,
+                )
                 session = requests.Session()
                 session.auth = DreamApiKeyAuth(connection.password)
                 session.headers.update({"Accept": "application/json", "User-Agent": "dreamapply-d365-sync/0.1"})
                 ca_bundle = extra.get("ca_bundle")
                 if ca_bundle:
                     session.verify = str(ca_bundle)
-                elif extra.get("verify") is not None:
-                    session.verify = extra["verify"]
+                elif verify is not None:
+                    session.verify = verify
                 if extra.get("retry_after_max_seconds") not in (None, ""):
                     self.retry_after_max_seconds = float(extra["retry_after_max_seconds"])
                 timeout = extra.get("timeout")
@@ -303,11 +322,8 @@ class DreamApplyHook(HttpHook):
             except requests.ConnectionError as exc:
                 raise DreamApplyError(f"connection failed: {type(exc).__name__}", method=method, path=path) from exc
 
-    def request(self, method: str, path: str, params: Mapping[str, Any] | None = None) -> requests.Response:
-        """One GET/HEAD with quota, retries and typed errors; returns the (2xx/3xx) response."""
-        url = self.url_for(path)
-        encoded = _encode_params(params)
-        retrying = tenacity.Retrying(
+    def _retrying(self) -> tenacity.Retrying:
+        return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_retries + 1),
             wait=self._retry_wait,
             retry=tenacity.retry_if_exception(self._retryable),
@@ -315,21 +331,37 @@ class DreamApplyHook(HttpHook):
             before_sleep=self._before_sleep,
             reraise=True,
         )
-        return retrying(self._send_once, method.upper(), url, encoded)
+
+    def request(self, method: str, path: str, params: Mapping[str, Any] | None = None) -> requests.Response:
+        """One GET/HEAD with quota, retries and typed errors; returns the (2xx/3xx) response."""
+        url = self.url_for(path)
+        encoded = _encode_params(params)
+        return self._retrying()(self._send_once, method.upper(), url, encoded)
 
     # -- API --------------------------------------------------------------------------------
-    def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        response = self.request("GET", path, params)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise DreamApplyError(
-                "response is not JSON", status=response.status_code, method="GET", path=urlsplit(response.url).path
-            ) from exc
+    def get_json(
+        self, path: str, params: Mapping[str, Any] | None = None, *, shape: Callable[[Any, Where], Any] | None = None
+    ) -> Any:
+        """The JSON answer of a GET, checked before use (``answers.read_json``; then ``shape`` if given).
+
+        An HTML page, a JSON error object, an empty, cut or wrongly encoded body, or a ``shape`` that does not
+        hold is a :class:`DreamApplyMalformedAnswer`: retried like a 5xx inside this call, then raised.
+        """
+        url = self.url_for(path)
+        encoded = _encode_params(params)
+        where = Where(DreamApplyMalformedAnswer, "GET", urlsplit(url).path)
+
+        def attempt() -> Any:
+            response = self._send_once("GET", url, encoded)
+            answer = Where(where.error, where.method, where.path, response.status_code)
+            body = read_json(response.content, response.headers.get("Content-Type"), answer)
+            return shape(body, answer) if shape is not None else body
+
+        return self._retrying()(attempt)
 
     def get_collection(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
         """An ID-keyed collection (``pages`` dropped, ``id`` filled in from the key when missing)."""
-        return _id_map(self.get_json(path, params))
+        return self.get_json(path, params, shape=id_map)
 
     def iter_collection_pages(
         self, path: str, params: Mapping[str, Any] | None = None, limit: int = EXPAND_PAGE_CAP
@@ -360,21 +392,34 @@ class DreamApplyHook(HttpHook):
         page = int((params or {}).get("page") or 1)
         base = {k: v for k, v in (params or {}).items() if k != "page"}
         while True:
-            raw = self.get_json(path, {**base, "page": page})
-            paginator = raw.get("pages") if isinstance(raw, dict) else None
-            yield _id_map(raw)
-            nxt = paginator.get("next") if isinstance(paginator, dict) else None
-            if nxt is None or int(nxt) <= page:
+            items, nxt = self.get_json(path, {**base, "page": page}, shape=_paginated)
+            yield items
+            if nxt is None or nxt <= page:
                 return
-            page = int(nxt)
+            page = nxt
 
     def count(self, path: str, params: Mapping[str, Any] | None = None) -> int:
-        """Items matching the filters, from ``HEAD`` + ``X-Count`` (no body transferred)."""
-        response = self.request("HEAD", path, params)
-        value = response.headers.get("X-Count")
-        if value is None or not value.strip().isdigit():
-            raise DreamApplyError("no X-Count header on HEAD", status=response.status_code, method="HEAD", path=path)
-        return int(value)
+        """Items matching the filters, from ``HEAD`` + ``X-Count`` (no body transferred).
+
+        A success without a numeric ``X-Count`` (a proxy's page, say) is a :class:`DreamApplyMalformedAnswer`,
+        retried inside this call: a count is never guessed."""
+        url = self.url_for(path)
+        encoded = _encode_params(params)
+
+        def attempt() -> int:
+            response = self._send_once("HEAD", url, encoded)
+            value = response.headers.get("X-Count")
+            if value is None or not value.strip().isdigit():
+                raise DreamApplyMalformedAnswer(
+                    "no numeric X-Count header on HEAD",
+                    status=response.status_code,
+                    code="WrongShape",
+                    method="HEAD",
+                    path=urlsplit(url).path,
+                )
+            return int(value)
+
+        return self._retrying()(attempt)
 
     def test_connection(self) -> tuple[bool, str]:
         """``GET /ping`` with the key: checks URL, TLS and the key in one request."""

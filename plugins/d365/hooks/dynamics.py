@@ -31,7 +31,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, NamedTuple
@@ -43,11 +43,16 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from d365.hooks.answers import Where, odata_collection, odata_entity, read_json
+from d365.hooks.connection_policy import check_transport, is_sandbox, verify_from_extra
 from d365.hooks.dynamics_auth import (
     DEFAULT_AUTHORITY_HOST,
     Authority,
     MsalTokenAuth,
+    TokenServiceUnavailable,
+    VerifiedHttpClient,
     authority_from_challenge,
+    is_microsoft_login_host,
     normalise_origin,
 )
 from d365.hooks.dynamics_batch import (
@@ -62,12 +67,13 @@ from d365.hooks.errors import (
     DynamicsAuthError,
     DynamicsConflict,
     DynamicsError,
+    DynamicsMalformedAnswer,
     DynamicsNotFound,
     DynamicsThrottled,
     dynamics_error_from_response,
     parse_retry_after,
 )
-from d365.hooks.throttle import Throttle, ThrottleSettings, Ticket
+from d365.hooks.throttle import RETRY_AFTER_MAX_SECONDS, Throttle, ThrottleSettings, Ticket
 
 __all__ = [
     "MAX_BATCH_OPERATIONS",
@@ -193,29 +199,60 @@ class DynamicsConnectionSettings:
     tenant_id: str | None = None
     authority_host: str | None = None
     ca_bundle: str | None = None
+    sandbox: bool = False  # extra "sandbox": true (d365.hooks.connection_policy)
+    verify_extra: bool | str | None = None  # extra "verify" (False only honoured on a sandbox connection)
+    conn_id: str = "dynamics365_default"
+    retry_after_max_seconds: float = RETRY_AFTER_MAX_SECONDS
 
     @property
     def verify(self) -> str | bool:
-        return self.ca_bundle or True
+        if self.ca_bundle:
+            return self.ca_bundle
+        return True if self.verify_extra is None else self.verify_extra
 
     @classmethod
     def from_connection(cls, conn: Any) -> DynamicsConnectionSettings:
+        """Settings from an Airflow connection; refuses ``http://``, ``verify: false`` and a non-Microsoft
+        ``authority_host`` unless the connection is marked ``"sandbox": true`` (errors name the connection)."""
         if not conn.host:
             raise ValueError(f"connection {conn.conn_id!r} has no host (the Organization URL)")
+        extra = conn.extra_dejson or {}
+        sandbox = is_sandbox(extra)
+        verify_extra = verify_from_extra(extra)
         host = str(conn.host).strip()
+        authority_host = str(extra.get("authority_host") or "").strip() or None
+        check_transport(
+            conn.conn_id,
+            urls={"host (Organization URL)": host, "extra authority_host": authority_host},
+            verify=verify_extra,
+            sandbox=sandbox,
+            error=DynamicsAuthError,
+        )
         org_url = normalise_origin(host)
-        org_url = "https://" + org_url.split("://", 1)[1]  # Dataverse speaks https only
+        if not sandbox:
+            org_url = "https://" + org_url.split("://", 1)[1]  # Dataverse speaks https only
         if conn.port and urlsplit(org_url).port is None:
             org_url = f"{org_url}:{conn.port}"
-        extra = conn.extra_dejson or {}
-        authority_host = extra.get("authority_host") or None
+        authority_origin = normalise_origin(authority_host) if authority_host else None
+        if authority_origin and not sandbox and not is_microsoft_login_host(authority_origin):
+            raise DynamicsAuthError(
+                f"connection {conn.conn_id!r}: the extra authority_host {authority_origin} is not one of "
+                "Microsoft's login hosts (public or national cloud); the client secret is not sent there. "
+                'A local token service needs the extra "sandbox": true',
+                code="UntrustedAuthority",
+            )
+        cap = extra.get("retry_after_max_seconds")
         return cls(
             org_url=org_url,
             client_id=(conn.login or "").strip(),
             client_secret=conn.password or "",
             tenant_id=(extra.get("tenant_id") or "").strip() or None,
-            authority_host=normalise_origin(authority_host) if authority_host else None,
+            authority_host=authority_origin,
             ca_bundle=extra.get("ca_bundle") or None,
+            sandbox=sandbox,
+            verify_extra=verify_extra,
+            conn_id=conn.conn_id,
+            retry_after_max_seconds=float(cap) if cap not in (None, "") else RETRY_AFTER_MAX_SECONDS,
         )
 
 
@@ -356,14 +393,23 @@ class DynamicsHook(BaseHook):
                 self._session = _DataverseSession(self.settings.verify, self.timeout, self.pool_size)
             if self._auth is None:
                 authority = self._resolve_authority()
+                s = self.settings
+                token_timeout = min(self.timeout, 60.0)
                 self._auth = MsalTokenAuth(
-                    client_id=self.settings.client_id,
-                    client_secret=self.settings.client_secret,
+                    client_id=s.client_id,
+                    client_secret=s.client_secret,
                     authority=authority,
-                    resource=self.settings.org_url,
-                    verify=self.settings.verify,
-                    timeout=min(self.timeout, 60.0),
+                    resource=s.org_url,
+                    verify=s.verify,
+                    timeout=token_timeout,
                     on_refresh=lambda: self._bump("auth_refreshes"),
+                    conn_id=s.conn_id,
+                    # a custom token service only when named explicitly on a sandbox connection
+                    custom_authority_host=s.authority_host if s.sandbox else None,
+                    discovered=not s.tenant_id,
+                    http_client=VerifiedHttpClient(
+                        verify=s.verify, timeout=token_timeout, retry_after_max_seconds=s.retry_after_max_seconds
+                    ),
                 )
                 self._session.auth = self._auth
         return self._session
@@ -437,11 +483,14 @@ class DynamicsHook(BaseHook):
         authenticate: bool = True,
         expect_status: int | None = None,
         multipart_errors: bool = False,
+        read: Callable[[requests.Response], None] | None = None,
     ) -> requests.Response:
         """One logical call with retries. Raises a typed ``DynamicsError`` for any error answer.
 
         ``expect_status``: an error status that is the expected answer (the 401 of tenant discovery).
         ``multipart_errors``: return (do not raise) an error answer with a multipart body (a stopped $batch).
+        ``read``: checks (and keeps) the body of each answer inside the retry loop; a
+        ``DynamicsMalformedAnswer`` it raises is retried when the call is idempotent (``_request_json``).
         """
         method = method.upper()
         if idempotent is None:
@@ -462,7 +511,7 @@ class DynamicsHook(BaseHook):
         send_headers.update(headers or {})
 
         def attempt() -> requests.Response:
-            return self._send(
+            response = self._send(
                 method,
                 url,
                 body,
@@ -473,6 +522,9 @@ class DynamicsHook(BaseHook):
                 expect_status=expect_status,
                 multipart_errors=multipart_errors,
             )
+            if read is not None:
+                read(response)
+            return response
 
         retrying = Retrying(
             stop=stop_after_attempt(max(1, self.max_retries + 1)),
@@ -600,8 +652,12 @@ class DynamicsHook(BaseHook):
         if isinstance(exc, DynamicsThrottled):
             # Service protection refuses a request before running it, so even a POST is safe to resend.
             return True
+        if isinstance(exc, DynamicsMalformedAnswer):
+            return idempotent  # a lying 200 (proxy page, cut body): the request may have run
         if isinstance(exc, DynamicsAuthError | DynamicsConflict) or not isinstance(exc, DynamicsError):
             return False
+        if isinstance(exc, TokenServiceUnavailable):
+            return False  # the token client already retried it (bounded); the caller or the task retries next
         if exc.status is None and exc.code == "TokenEndpointUnreachable":
             return True  # nothing reached Dataverse
         if exc.status is None or exc.status >= 500:
@@ -629,6 +685,32 @@ class DynamicsHook(BaseHook):
             wait,
         )
 
+    def _request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        shape: Callable[[Any, Where], Any] = lambda body, where: body,
+        **kwargs: Any,
+    ) -> tuple[requests.Response, Any]:
+        """A call whose answer must be JSON of a given ``shape`` (``d365.hooks.answers``), checked inside the
+        retry loop: an HTML page, a JSON error object, an empty, cut or wrongly encoded body, or a wrong shape
+        is retried like a 5xx (idempotent calls) and then raised as ``DynamicsMalformedAnswer``, never read as
+        "no rows"."""
+        kept: list[Any] = []
+
+        def read(response: requests.Response) -> None:
+            answered = unquote(urlsplit(response.url or "").path)
+            where = Where(DynamicsMalformedAnswer, method.upper(), answered, response.status_code)
+            kept[:] = [shape(read_json(response.content, response.headers.get("Content-Type"), where), where)]
+
+        response = self._request(method, path, read=read, **kwargs)
+        return response, kept[0]
+
+    def _collection(self, path: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """One page of a collection: an object with a ``value`` list of rows (checked, see ``_request_json``)."""
+        return self._request_json("GET", path, shape=odata_collection, headers=headers)[1]
+
     def _json(self, response: requests.Response) -> Any:
         if not response.content:
             return None
@@ -640,12 +722,14 @@ class DynamicsHook(BaseHook):
     # -- identity / health ------------------------------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
         """WhoAmI: proves auth end to end and reads ``x-ms-dop-hint`` (recommended parallelism) into ``dop_hint``."""
-        response = self._request("GET", "WhoAmI")
+        response, who = self._request_json(
+            "GET", "WhoAmI", shape=lambda body, where: odata_entity(body, where, ("UserId",))
+        )
         hint = response.headers.get("x-ms-dop-hint")
         if hint and hint.strip().isdigit():
             self.dop_hint = int(hint.strip())
             self.throttle.configure(dop_hint=self.dop_hint)
-        return self._json(response) or {}
+        return who
 
     def test_connection(self) -> tuple[bool, str]:
         """For the Airflow UI's Test button: a WhoAmI round trip."""
@@ -659,11 +743,18 @@ class DynamicsHook(BaseHook):
     def _entity_ref(self, logical_name: str) -> str:
         return f"EntityDefinitions(LogicalName={odata_literal(logical_name)})"
 
-    def _get_values(self, path: str, params: Mapping[str, Any], *, strong: bool = False) -> list[dict[str, Any]]:
+    def _get_values(
+        self, path: str, params: Mapping[str, Any], *, strong: bool = False, key: str = "LogicalName"
+    ) -> list[dict[str, Any]]:
+        """The rows of a metadata collection; each must carry ``key`` (what the caller indexes them by)."""
         headers = {"Consistency": "Strong"} if strong else None
         query = _query_string(params)
-        response = self._request("GET", f"{path}?{query}" if query else path, headers=headers)
-        return list((self._json(response) or {}).get("value") or [])
+        page = self._collection(f"{path}?{query}" if query else path, headers)
+        rows: list[dict[str, Any]] = page["value"]
+        if any(not isinstance(row.get(key), str) for row in rows):
+            where = Where(DynamicsMalformedAnswer, "GET", self.api_path + path)
+            raise where.fail("WrongShape", f"a metadata row without {key}")
+        return rows
 
     def get_entity_metadata(self, logical_name: str = "lead", *, strong: bool = False) -> EntityMetadata:
         """What the mapping step validates against: types, lengths, writability and option values.
@@ -673,7 +764,12 @@ class DynamicsHook(BaseHook):
         ref = self._entity_ref(logical_name)
         headers = {"Consistency": "Strong"} if strong else None
         select = {"$select": "LogicalName,EntitySetName,PrimaryIdAttribute,PrimaryNameAttribute"}
-        entity = self._json(self._request("GET", f"{ref}?{_query_string(select)}", headers=headers))
+        entity = self._request_json(
+            "GET",
+            f"{ref}?{_query_string(select)}",
+            headers=headers,
+            shape=lambda body, where: odata_entity(body, where, ("LogicalName", "EntitySetName", "PrimaryIdAttribute")),
+        )[1]
         attributes: dict[str, AttributeInfo] = {}
         for row in self._get_values(
             f"{ref}/Attributes",
@@ -750,7 +846,9 @@ class DynamicsHook(BaseHook):
     def alternate_keys(self, logical_name: str = "lead") -> list[AlternateKey]:
         """Alternate keys and their index status: key-addressed upserts fail until the key is ``Active``."""
         rows = self._get_values(
-            f"{self._entity_ref(logical_name)}/Keys", {"$select": "SchemaName,KeyAttributes,EntityKeyIndexStatus"}
+            f"{self._entity_ref(logical_name)}/Keys",
+            {"$select": "SchemaName,KeyAttributes,EntityKeyIndexStatus"},
+            key="SchemaName",
         )
         return [
             AlternateKey(
@@ -821,8 +919,8 @@ class DynamicsHook(BaseHook):
         url: str | None = f"{entity_set}?{query}" if query else entity_set
         headers = {"Prefer": f"odata.maxpagesize={page_size}"}
         while url:
-            page = self._json(self._request("GET", url, headers=headers)) or {}
-            yield from page.get("value") or []
+            page = self._collection(url, headers)  # no "value" list: an error, never "no rows"
+            yield from page["value"]
             url = page.get("@odata.nextLink")
 
     def retrieve(
@@ -832,7 +930,7 @@ class DynamicsHook(BaseHook):
         query = _query_string({"$select": ",".join(select) if select else None})
         path = entity_path(entity_set, key) + (f"?{query}" if query else "")
         try:
-            return self._json(self._request("GET", path))
+            return self._request_json("GET", path, shape=odata_entity)[1]
         except DynamicsNotFound:
             return None
 
@@ -983,18 +1081,25 @@ class DynamicsHook(BaseHook):
         headers = {"Content-Type": plan.content_type}
         if continue_on_error:
             headers["Prefer"] = "odata.continue-on-error"
+        parsed: list[list[Any]] = []
+
+        def read(answer: requests.Response) -> None:
+            # Inside the retry loop: a lying 200 to an idempotent batch is resent like a 5xx (_request_json).
+            try:
+                parsed[:] = [parse_batch_response(answer.headers.get("Content-Type"), answer.content)]
+            except ValueError as exc:
+                raise DynamicsMalformedAnswer(
+                    f"unreadable $batch answer: {exc}",
+                    status=answer.status_code,
+                    code="WrongShape",
+                    method="POST",
+                    path=self.api_path + "$batch",
+                ) from None
+
         response = self._request(
-            "POST", "$batch", data=body, headers=headers, idempotent=idempotent, multipart_errors=True
+            "POST", "$batch", data=body, headers=headers, idempotent=idempotent, multipart_errors=True, read=read
         )
-        try:
-            parts = parse_batch_response(response.headers.get("Content-Type"), response.content)
-        except ValueError as exc:
-            raise DynamicsError(
-                f"unreadable $batch answer: {exc}",
-                status=response.status_code,
-                method="POST",
-                path=self.api_path + "$batch",
-            ) from exc
+        parts = parsed[0]
         results = map_batch_results(
             operations,
             plan,

@@ -245,7 +245,7 @@ def _parse_http_part(mime_headers: dict[str, str], content: bytes) -> ResponsePa
     first, _, rest = content.partition(b"\n")
     match = _STATUS_LINE_RE.match(first.rstrip(b"\r").strip())
     if match is None:
-        raise ValueError(f"batch answer part without an HTTP status line: {first[:80]!r}")
+        raise ValueError(f"batch answer part without an HTTP status line ({len(first)} bytes where it belongs)")
     if rest and re.match(rb"^\r?\n", rest):  # status line directly followed by the body
         headers, body = {}, re.sub(rb"^\r?\n", b"", rest, count=1)
     else:
@@ -261,7 +261,14 @@ def _parse_http_part(mime_headers: dict[str, str], content: bytes) -> ResponsePa
 
 
 def parse_batch_response(content_type: str | None, body: bytes) -> list[ResponsePart]:
-    """Every ``application/http`` answer in a batch response, change-set answers flattened (in order)."""
+    """Every ``application/http`` answer in a batch response, change-set answers flattened (in order).
+
+    ``ValueError`` for an answer that is not a readable multipart (a proxy's page, a JSON error object, a cut
+    body without any part): the hook raises it as a retryable ``DynamicsMalformedAnswer``. Messages carry no
+    body text."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if not media.startswith("multipart/"):
+        raise ValueError(f"batch answer is not multipart (Content-Type {media or 'missing'}, {len(body)} bytes)")
     boundary = boundary_of(content_type)
     if not boundary:
         raise ValueError(f"batch answer without a multipart boundary (Content-Type {content_type!r})")
@@ -283,6 +290,8 @@ def parse_batch_response(content_type: str | None, body: bytes) -> list[Response
             part = _parse_http_part(mime_headers, content)
             part.top_index = top_index
             result.append(part)
+    if not result:
+        raise ValueError(f"batch answer without any part ({len(body)} bytes)")
     return result
 
 
