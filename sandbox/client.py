@@ -107,19 +107,23 @@ class SandboxClient:
 
 
 def airflow_connections(info: dict[str, Any], **dreamapply_extra: Any) -> dict[str, dict[str, Any]]:
-    """The two Airflow connections (as ``AIRFLOW_CONN_*`` JSON objects) that point the sync at a sandbox."""
+    """The two Airflow connections (as ``AIRFLOW_CONN_*`` JSON objects) that point the sync at a sandbox.
+
+    Both are marked ``"sandbox": true`` and the Dynamics one names the sandbox's Entra ID explicitly
+    (``authority_host``): the hooks send a client secret to a token service other than Microsoft's only then.
+    """
     return {
         "AIRFLOW_CONN_DYNAMICS365_DEFAULT": {
             "conn_type": "dynamics365",
             "host": info["dynamics365"]["org_url"],
             "login": info["entra"]["client_id"],
             "password": info["entra"]["client_secret"],
-            "extra": {"ca_bundle": info["ca_bundle"]},
+            "extra": {"ca_bundle": info["ca_bundle"], "authority_host": info["entra"]["login_url"], "sandbox": True},
         },
         "AIRFLOW_CONN_DREAMAPPLY_DEFAULT": {
             "conn_type": "dreamapply",
             "host": info["dreamapply"]["url"],
             "password": info["dreamapply"]["api_key"],
-            "extra": {"ca_bundle": info["ca_bundle"], **dreamapply_extra},
+            "extra": {"ca_bundle": info["ca_bundle"], "sandbox": True, **dreamapply_extra},
         },
     }

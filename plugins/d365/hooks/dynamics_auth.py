@@ -8,14 +8,27 @@
   drops it so the next request fetches a fresh one.
 * TLS: ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` override ``Session.verify`` in requests, so MSAL gets an
   HTTP client that passes ``verify=`` on every call.
+* The token endpoint has bad minutes too. MSAL sends a 5xx straight back as an exception (and caches it for the
+  ``Retry-After``), so the HTTP client MSAL is given retries 5xx, 429, timeouts and connection resets itself:
+  bounded attempts, exponential backoff with jitter or the server's ``Retry-After`` (capped by
+  ``throttle.retry_after_seconds``), then a typed, retryable ``TokenServiceUnavailable``. A token request
+  that fails for a moment therefore costs seconds inside one task attempt, not an Airflow task retry.
+* The client secret goes only to Microsoft. Without an explicit ``authority_host`` the authority (configured
+  tenant or the one the 401 challenge names) must be one of Microsoft's login hosts (public and national
+  clouds, MSAL's own list), over https, and MSAL validates it. A challenge naming any other host is refused
+  before a single request goes there. A custom authority host (a local stand-in of Entra ID) is accepted only
+  when given explicitly on a connection marked ``"sandbox": true`` (``d365.hooks.connection_policy``); only
+  then is MSAL's authority validation off.
 * Errors never carry the client secret: only the AADSTS code and Entra's description (scrubbed anyway).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,23 +38,34 @@ import requests
 from requests.auth import AuthBase
 
 from d365.hooks.errors import DynamicsAuthError, DynamicsError
+from d365.hooks.throttle import RETRY_AFTER_MAX_SECONDS, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
-# Hosts of Microsoft's public and national clouds: MSAL validates these itself (instance discovery).
+# Microsoft's login hosts, public and national clouds: MSAL's own list of well-known authority hosts
+# (``msal.authority.WELL_KNOWN_AUTHORITY_HOSTS``; a test keeps the two in step). MSAL validates them itself.
 MICROSOFT_LOGIN_HOSTS = frozenset(
     {
-        "login.microsoftonline.com",
-        "login.microsoftonline.us",
-        "login.microsoftonline.de",
-        "login.chinacloudapi.cn",
-        "login.partner.microsoftonline.cn",
-        "login.windows.net",
+        "login.microsoftonline.com",  # public cloud
         "login.microsoft.com",
+        "login.windows.net",
         "sts.windows.net",
+        "login.microsoftonline.us",  # US Government
+        "login-us.microsoftonline.com",
+        "login.usgovcloudapi.net",
+        "login.partner.microsoftonline.cn",  # China (21Vianet)
+        "login.chinacloudapi.cn",
+        "login.microsoftonline.de",  # Germany (retired)
+        "login.sovcloud-identity.fr",  # sovereign clouds
+        "login.sovcloud-identity.de",
+        "login.sovcloud-identity.sg",
     }
 )
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+# Token endpoint retries inside one call: attempts in all, backoff base and ceiling (seconds).
+TOKEN_ATTEMPTS = 5
+TOKEN_BACKOFF_BASE = 0.5
+TOKEN_BACKOFF_MAX = 8.0
 
 _AADSTS_RE = re.compile(r"AADSTS(\d+)")
 
@@ -63,6 +87,27 @@ def parse_bearer_challenge(header: str | None) -> dict[str, str]:
     return params
 
 
+class TokenServiceUnavailable(DynamicsError):
+    """The token service kept answering 5xx/429 or could not be reached after the client's own retries.
+
+    Retryable (a later task attempt may find it back); nothing reached Dataverse, so any call may be resent.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+def is_microsoft_login_host(origin: str) -> bool:
+    """True for ``https://<one of Microsoft's login hosts>`` (any other scheme or port is not Microsoft's)."""
+    parts = urlsplit(origin)
+    return (
+        parts.scheme == "https"
+        and (parts.hostname or "").lower() in MICROSOFT_LOGIN_HOSTS
+        and parts.port in (None, 443)
+    )
+
+
 @dataclass(frozen=True)
 class Authority:
     host: str  # scheme://host[:port] of the token service, no trailing slash
@@ -74,7 +119,7 @@ class Authority:
 
     @property
     def is_microsoft(self) -> bool:
-        return (urlsplit(self.host).hostname or "").lower() in MICROSOFT_LOGIN_HOSTS
+        return is_microsoft_login_host(self.host)
 
 
 def normalise_origin(url: str, *, default_scheme: str = "https") -> str:
@@ -118,18 +163,85 @@ def authority_from_challenge(header: str | None, authority_host: str | None = No
 
 
 class VerifiedHttpClient:
-    """The ``get``/``post`` interface MSAL expects, verifying TLS against ``verify`` on every call."""
+    """The ``get``/``post`` interface MSAL expects: TLS verified against ``verify`` on every call, and transient
+    faults of the token service (5xx, 429, timeouts, connection resets) retried here, before MSAL sees them.
 
-    def __init__(self, verify: str | bool = True, timeout: float = 60.0) -> None:
+    After ``attempts`` tries it raises ``TokenServiceUnavailable`` (retryable) instead of handing MSAL an answer
+    it would turn into an untyped exception. 4xx answers (a wrong secret, an unknown tenant) go back to MSAL at
+    once: they are not transient.
+    """
+
+    def __init__(
+        self,
+        verify: str | bool = True,
+        timeout: float = 60.0,
+        *,
+        attempts: int = TOKEN_ATTEMPTS,
+        backoff_base: float = TOKEN_BACKOFF_BASE,
+        backoff_max: float = TOKEN_BACKOFF_MAX,
+        retry_after_max_seconds: float = RETRY_AFTER_MAX_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.verify = verify
         self.timeout = timeout
+        self.attempts = max(1, int(attempts))
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.retry_after_max_seconds = retry_after_max_seconds
+        self._sleep = sleep
+        self.stats: dict[str, float] = {"requests": 0, "retries": 0, "wait_seconds": 0.0}
         self._session = requests.Session()
         self._session.trust_env = True  # proxies still honoured; verify is forced per call below
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def _call(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         kwargs["verify"] = self.verify
         kwargs.setdefault("timeout", self.timeout)
-        return self._session.request(method, url, **kwargs)
+        origin = normalise_origin(url)
+        path = urlsplit(url).path
+        for attempt in range(1, self.attempts + 1):
+            self.stats["requests"] += 1
+            try:
+                response = self._session.request(method, url, **kwargs)
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                fault, status, wait = type(exc).__name__, None, self._backoff(attempt)
+            else:
+                status = response.status_code
+                if status < 500 and status != 429:
+                    return response
+                fault = f"HTTP {status}{_aadsts_suffix(response)}"
+                wait = retry_after_seconds(
+                    response.headers.get("Retry-After"),
+                    default=self._backoff(attempt),
+                    cap=self.retry_after_max_seconds,
+                )
+                response.close()
+            if attempt == self.attempts:
+                raise TokenServiceUnavailable(
+                    f"token service {origin} still failing after {self.attempts} attempts ({fault})",
+                    status=status,
+                    code="TokenServiceUnavailable",
+                    method=method,
+                    path=path,
+                ) from None
+            wait = wait or 0.0
+            self.stats["retries"] += 1
+            self.stats["wait_seconds"] += wait
+            log.warning(
+                "Dynamics 365: token service %s answered %s on %s %s; retry %d/%d in %.2f s",
+                origin,
+                fault,
+                method,
+                path,
+                attempt,
+                self.attempts - 1,
+                wait,
+            )
+            self._sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> requests.Response:
         return self._call("GET", url, params=params, headers=headers, **kwargs)
@@ -141,6 +253,37 @@ class VerifiedHttpClient:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _aadsts_suffix(response: requests.Response) -> str:
+    """`` AADSTS<n>`` when an Entra error body names its code (never the description: it can echo input)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    codes = body.get("error_codes") if isinstance(body, dict) else None
+    if isinstance(codes, list) and codes and isinstance(codes[0], int):
+        return f" AADSTS{codes[0]}"
+    return ""
+
+
+def check_authority(authority: Authority, *, conn_id: str, custom_host: str | None, discovered: bool) -> None:
+    """Refuse, before any request, an authority the client secret must not be sent to.
+
+    Accepted: one of Microsoft's login hosts over https, or exactly ``custom_host`` (an explicit
+    ``authority_host`` on a sandbox connection).
+    """
+    if authority.is_microsoft or (custom_host is not None and authority.host == custom_host):
+        return
+    source = (
+        "named by the organization's 401 challenge (tenant discovery)" if discovered else "configured for the tenant"
+    )
+    raise DynamicsAuthError(
+        f"connection {conn_id!r}: the token authority {authority.host} {source} is not one of Microsoft's login "
+        "hosts; the client secret is not sent there. Set the tenant_id extra (and authority_host for a national "
+        'cloud); a local token service needs an explicit authority_host on a connection marked "sandbox": true',
+        code="UntrustedAuthority",
+    )
 
 
 class MsalTokenAuth(AuthBase):
@@ -159,7 +302,12 @@ class MsalTokenAuth(AuthBase):
         verify: str | bool = True,
         timeout: float = 60.0,
         on_refresh: Callable[[], None] | None = None,
+        conn_id: str = "dynamics365_default",
+        custom_authority_host: str | None = None,
+        discovered: bool = False,
+        http_client: VerifiedHttpClient | None = None,
     ) -> None:
+        check_authority(authority, conn_id=conn_id, custom_host=custom_authority_host, discovered=discovered)
         if not client_id:
             raise DynamicsAuthError("the connection has no client id (login)", code="MissingClientId")
         if not client_secret:
@@ -168,7 +316,7 @@ class MsalTokenAuth(AuthBase):
         self._secret = client_secret
         self.authority = authority
         self.scopes = [f"{resource.rstrip('/')}/.default"]
-        self.http_client = VerifiedHttpClient(verify=verify, timeout=timeout)
+        self.http_client = http_client or VerifiedHttpClient(verify=verify, timeout=timeout)
         self._on_refresh = on_refresh
         self._lock = threading.Lock()
         self._app: Any = None
@@ -180,14 +328,18 @@ class MsalTokenAuth(AuthBase):
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
+    def msal_options(self) -> dict[str, Any]:
+        """Authority validation stays on (MSAL's default) for Microsoft's hosts; off only for the explicit custom
+        host of a sandbox connection (``check_authority`` admitted nothing else)."""
+        if self.authority.is_microsoft:
+            return {}
+        return {"validate_authority": False, "instance_discovery": False}
+
     def _application(self) -> Any:
         import msal
 
         if self._app is None:
-            kwargs: dict[str, Any] = {}
-            if not self.authority.is_microsoft:
-                # A private token service (the local sandbox): MSAL must not validate it against Microsoft.
-                kwargs.update(validate_authority=False, instance_discovery=False)
+            kwargs = self.msal_options()
             try:
                 self._app = msal.ConfidentialClientApplication(
                     self.client_id,
