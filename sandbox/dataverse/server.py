@@ -26,6 +26,7 @@ from aiohttp import web
 
 from sandbox.dataverse import auth, batch, errors, protection
 from sandbox.dataverse.service import Caller, DataverseService
+from sandbox.dreamapply import shape_faults
 from sandbox.httpcommon import LOG_EXTRA, OPS_KEY, STATE_KEY, make_app
 from sandbox.state import SandboxState
 
@@ -38,7 +39,7 @@ def create_service(state: SandboxState) -> DataverseService:
 
 def build_app(state: SandboxState) -> web.Application:
     protection.install(state)
-    app = make_app(state, "dataverse", middlewares=[auth.middleware, protection.middleware])
+    app = make_app(state, "dataverse", middlewares=[auth.middleware, protection.middleware, shape_faults.middleware])
     app.router.add_post("/api/data/v9.2/$batch", batch.handle_batch)
     app.router.add_route("*", "/api/data/v9.2", handle)
     app.router.add_route("*", "/api/data/v9.2/{tail:.*}", handle)

@@ -38,6 +38,7 @@ from aiohttp import web
 
 from sandbox.dreamapply import filters as F
 from sandbox.dreamapply import render as R
+from sandbox.dreamapply import shape_faults
 from sandbox.dreamapply.filters import BadRequest
 from sandbox.dreamapply.store import DreamApplyStore
 from sandbox.httpcommon import LOG_EXTRA, STATE_KEY, make_app
@@ -149,7 +150,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def build_app(state: SandboxState) -> web.Application:
-    app = make_app(state, "dreamapply", middlewares=[_api_middleware])
+    app = make_app(state, "dreamapply", middlewares=[_api_middleware, shape_faults.middleware])
     get = app.router.add_get
     get("/api/version", version)
     get(f"{API}/ping", ping)
@@ -205,6 +206,7 @@ def register_admin_routes(app: web.Application, prefix: str) -> None:
     from sandbox.dreamapply.admin import register
 
     register(app, prefix)
+    shape_faults.register(app, prefix)  # /_sandbox/shape-faults (both servers)
 
 
 # -- misc --------------------------------------------------------------------------------------

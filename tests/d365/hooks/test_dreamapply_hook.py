@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from d365.hooks.dreamapply import DreamApiKeyAuth, DreamApplyHook
-from d365.hooks.errors import DreamApplyAuthError, DreamApplyError
+from d365.hooks.errors import DreamApplyAuthError, DreamApplyError, DreamApplyMalformedAnswer
 from d365.hooks.rate_limit import SlidingWindowLimiter
 from sandbox import Sandbox
 from sandbox.client import SandboxClient, airflow_connections
@@ -368,3 +368,139 @@ def test_missing_api_key_is_an_auth_error(sandbox: Sandbox, monkeypatch: pytest.
     set_connection(monkeypatch, sandbox.info(), password=None)
     with pytest.raises(DreamApplyAuthError, match="no API key"):
         DreamApplyHook().get_json("/ping")
+
+
+# -- answers are checked before use (a 200 is not yet data) ------------------------------------
+LYING_200 = [
+    ("html", "HtmlPage"),
+    ("json_error", "ErrorObject"),
+    ("empty", "EmptyBody"),
+    ("cut", "InvalidJson"),
+    ("wrong_encoding", "WrongEncoding"),
+]
+# The first 100 applicants of the seeded sandbox include names outside ASCII, so cp1252 changes their bytes.
+APPLICANTS_PAGE = {"limit": 100, "expand": ["consents", "trackers"]}
+
+
+def fired(client: SandboxClient) -> list[int]:
+    return [rule["fired"] for rule in client.get("/faults")["rules"]]
+
+
+@pytest.mark.parametrize(("kind", "code"), LYING_200)
+def test_a_lying_200_is_retried_inside_the_hook(
+    hook: DreamApplyHook, sandbox_client: SandboxClient, kind: str, code: str
+) -> None:
+    expected = hook.get_collection("/applicants", APPLICANTS_PAGE)
+    seq = sandbox_client.last_seq()
+    sandbox_client.add_fault(kind=kind, server="dreamapply", method="GET", path="^/api/v9/applicants$", times=1)
+    retries = hook.stats["retries"]
+    assert hook.get_collection("/applicants", APPLICANTS_PAGE) == expected  # the retry read the real page
+    assert hook.stats["retries"] == retries + 1
+    assert fired(sandbox_client) == [1]
+    faulted = [e for e in log_since(sandbox_client, seq) if e.get("fault")]
+    assert len(faulted) == 1 and faulted[0]["fault"].get("changed", True), "the fault must have altered the answer"
+
+
+@pytest.mark.parametrize(("kind", "code"), LYING_200)
+def test_a_lying_200_that_persists_is_a_typed_retryable_error_naming_the_path(
+    sandbox: Sandbox, sandbox_client: SandboxClient, monkeypatch: pytest.MonkeyPatch, kind: str, code: str
+) -> None:
+    set_connection(monkeypatch, sandbox.info())
+    raw = sandbox_client.get("/dreamapply/applicants/1")
+    sandbox_client.add_fault(kind=kind, server="dreamapply", method="GET", path="^/api/v9/applicants$")
+    h = DreamApplyHook(max_retries=2, **FAST)
+    with pytest.raises(DreamApplyMalformedAnswer) as err:
+        h.get_collection("/applicants", {**APPLICANTS_PAGE, "byIDs": [1]})
+    assert err.value.code == code and err.value.status == 200 and err.value.retryable
+    assert err.value.path == "/api/v9/applicants" and err.value.method == "GET"
+    text = str(err.value)
+    assert "byIDs" not in text and "limit" not in text  # the path, never the query
+    for value in (raw.get("given"), raw.get("family"), raw.get("email")):
+        assert not value or value not in text  # no personal data from the body
+    assert h.stats["requests"] == 3 and h.stats["retries"] == 2
+    assert fired(sandbox_client) == [3]
+
+
+@pytest.mark.parametrize(
+    ("path", "read"),
+    [
+        ("^/api/v9/journal$", lambda h: h.get_collection("/journal", {"byEvents": ["Applicant was edited"]})),
+        ("^/api/v9/purged-resources$", lambda h: list(h.iter_paginated("/purged-resources"))),
+        ("^/api/v9/academic-years$", lambda h: h.get_collection("/academic-years")),
+    ],
+    ids=["journal", "purged-resources", "catalog"],
+)
+@pytest.mark.parametrize("kind", ["html", "json_error", "empty", "cut"])
+def test_every_collection_read_refuses_a_lying_200(
+    sandbox: Sandbox,
+    sandbox_client: SandboxClient,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    read: Callable[[DreamApplyHook], Any],
+    kind: str,
+) -> None:
+    set_connection(monkeypatch, sandbox.info())
+    sandbox_client.add_fault(kind=kind, server="dreamapply", method="GET", path=path)
+    h = DreamApplyHook(max_retries=1, **FAST)
+    with pytest.raises(DreamApplyMalformedAnswer) as err:
+        read(h)
+    assert err.value.retryable and err.value.path == path.strip("^$")
+    assert fired(sandbox_client) == [2]
+
+
+def test_count_without_x_count_is_retried_then_raised(
+    hook: DreamApplyHook, sandbox: Sandbox, sandbox_client: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    total = hook.count("/applicants")
+    sandbox_client.add_fault(kind="html", server="dreamapply", method="HEAD", path="^/api/v9/applicants$", times=1)
+    assert hook.count("/applicants") == total and hook.stats["retries"] == 1
+    sandbox_client.clear_faults()
+    sandbox_client.add_fault(kind="html", server="dreamapply", method="HEAD", path="^/api/v9/applicants$")
+    set_connection(monkeypatch, sandbox.info())
+    with pytest.raises(DreamApplyMalformedAnswer, match="X-Count") as err:
+        DreamApplyHook(max_retries=1, **FAST).count("/applicants")
+    assert err.value.method == "HEAD" and err.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("path", "read"),
+    [
+        ("^/api/v9/applicants$", lambda h: h.get_collection("/applicants", {"limit": 5})),
+        ("^/api/v9/purged-resources$", lambda h: list(h.iter_paginated("/purged-resources"))),
+    ],
+    ids=["applicants", "purged-resources"],
+)
+def test_a_map_of_non_records_is_not_an_empty_collection(
+    make_sandbox: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    read: Callable[[DreamApplyHook], Any],
+) -> None:
+    sb, client = make_sandbox(applicants=20)
+    set_connection(monkeypatch, sb.info())
+    for aid in (3, 4):  # purged-resources must hold items for the fault to have something to garble
+        client.post(f"/dreamapply/applicants/{aid}/erase", {"request_to_be_forgotten": True})
+    expected = read(DreamApplyHook(**FAST))
+    client.post("/shape-faults", {"mode": "non_records", "path": path, "times": 1})
+    h = DreamApplyHook(**FAST)
+    assert read(h) == expected and h.stats["retries"] == 1  # retried, then the real records
+    client.delete("/shape-faults")
+    client.post("/shape-faults", {"mode": "non_records", "path": path})
+    h = DreamApplyHook(max_retries=1, **FAST)
+    with pytest.raises(DreamApplyMalformedAnswer, match="non-record") as err:
+        read(h)
+    assert err.value.code == "WrongShape" and err.value.retryable
+    rules = client.get("/shape-faults")["rules"]
+    assert rules[0]["fired"] == 2
+
+
+def test_id_map_shapes() -> None:
+    from d365.hooks.answers import Where, id_map
+
+    where = Where(DreamApplyMalformedAnswer, "GET", "/api/v9/x")
+    assert id_map([{"id": 3}], where) == {"3": {"id": 3}}
+    for bad in (None, 3, "x", ["/api/v9/applicants/1"], [{"name": "no id"}], {"1": "/api/v9/applicants/1"},
+                {"1": {"id": 1}, "2": None}, {"pages": "garbage-but-not-a-paginator"}):  # fmt: skip
+        with pytest.raises(DreamApplyMalformedAnswer) as err:
+            id_map(bad, where)
+        assert err.value.code == "WrongShape" and err.value.path == "/api/v9/x"
