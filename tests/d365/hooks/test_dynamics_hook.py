@@ -13,6 +13,7 @@ from d365.hooks.dynamics import DynamicsHook, entity_path, key_segment, odata_li
 from d365.hooks.errors import (
     DynamicsConflict,
     DynamicsError,
+    DynamicsMalformedAnswer,
     DynamicsNotFound,
     DynamicsThrottled,
     DynamicsValidationError,
@@ -357,3 +358,153 @@ def test_insert_option_value_and_publish(dynamics_private: Private) -> None:
     )
     assert result.status == 204
     assert stored(client, "OPT-1")[0]["uni_programme"] == value
+
+
+# -- answers are checked before use (a 200 is not yet data) ------------------------------------------------
+LYING_200 = [
+    ("html", "HtmlPage"),
+    ("json_error", "ErrorObject"),
+    ("empty", "EmptyBody"),
+    ("cut", "InvalidJson"),
+    ("wrong_encoding", "WrongEncoding"),
+]
+LEADS = "^/api/data/v9.2/leads$"
+
+
+def fired(client: SandboxClient) -> list[int]:
+    return [rule["fired"] for rule in client.get("/faults")["rules"]]
+
+
+def _leads_to_find(client: SandboxClient, uid: str) -> str:
+    """Two leads whose names are outside ASCII (so a cp1252 body differs), found by an email filter."""
+    client.post(
+        "/dataverse/leads",
+        [
+            {"lastname": "Müller", "firstname": "Zoë", "subject": "s", "emailaddress1": f"zoe-{uid}-{i}@example.org"}
+            for i in range(2)
+        ],
+    )
+    return f"emailaddress1 eq 'zoe-{uid}-0@example.org' or emailaddress1 eq 'zoe-{uid}-1@example.org'"
+
+
+@pytest.mark.parametrize(("kind", "code"), LYING_200)
+def test_query_retries_a_lying_200_inside_the_hook(
+    hook: DynamicsHook, sandbox_client: SandboxClient, uid: str, kind: str, code: str
+) -> None:
+    flt = _leads_to_find(sandbox_client, uid)
+    select = ["leadid", "lastname", "firstname", "emailaddress1"]
+    expected = list(hook.query("leads", select=select, filter=flt))
+    assert len(expected) == 2
+    seq = sandbox_client.last_seq()
+    retries = hook.stats["retries"]
+    sandbox_client.add_fault(kind=kind, server="dataverse", method="GET", path=LEADS, times=1)
+    assert list(hook.query("leads", select=select, filter=flt)) == expected
+    assert hook.stats["retries"] == retries + 1 and fired(sandbox_client) == [1]
+    faulted = [e for e in sandbox_client.requests(server="dataverse", since=seq) if e.get("fault")]
+    assert len(faulted) == 1 and faulted[0]["fault"].get("changed", True), "the fault must have altered the answer"
+
+
+@pytest.mark.parametrize(("kind", "code"), LYING_200)
+def test_query_never_reads_a_lying_200_as_no_rows(
+    make_dynamics_hook: Callable[..., DynamicsHook],
+    sandbox: Sandbox,
+    sandbox_client: SandboxClient,
+    uid: str,
+    kind: str,
+    code: str,
+) -> None:
+    flt = _leads_to_find(sandbox_client, uid)
+    hook = make_dynamics_hook(sandbox.info(), hook_kwargs={"max_retries": 2})
+    hook.whoami()
+    sandbox_client.add_fault(kind=kind, server="dataverse", method="GET", path=LEADS)
+    with pytest.raises(DynamicsMalformedAnswer) as caught:
+        list(hook.query("leads", select=["leadid", "lastname", "emailaddress1"], filter=flt))
+    err = caught.value
+    assert err.code == code and err.status == 200 and err.retryable
+    assert (err.method, err.path) == ("GET", "/api/data/v9.2/leads")
+    assert uid not in str(err) and "Müller" not in str(err) and "$filter" not in str(err)  # no query, no body
+    assert fired(sandbox_client) == [3]
+
+
+def test_a_collection_without_value_is_not_an_empty_result(
+    hook: DynamicsHook, sandbox_client: SandboxClient, uid: str
+) -> None:
+    flt = _leads_to_find(sandbox_client, uid)
+    sandbox_client.post("/shape-faults", {"mode": "no_value", "path": LEADS, "times": 1})
+    try:
+        retries = hook.stats["retries"]
+        assert len(list(hook.query("leads", select=["leadid"], filter=flt))) == 2
+        assert hook.stats["retries"] == retries + 1
+        sandbox_client.post("/shape-faults", {"mode": "no_value", "path": LEADS})
+        hook.max_retries = 1
+        with pytest.raises(DynamicsMalformedAnswer, match="without 'value'") as caught:
+            list(hook.query("leads", select=["leadid"], filter=flt))
+        assert caught.value.code == "WrongShape" and caught.value.retryable
+        assert [r["fired"] for r in sandbox_client.get("/shape-faults")["rules"]] == [1, 2]
+    finally:
+        sandbox_client.delete("/shape-faults")
+
+
+@pytest.mark.parametrize(
+    ("path", "read"),
+    [
+        ("WhoAmI$", lambda h: h.whoami()),
+        ("EntityDefinitions", lambda h: h.get_entity_metadata("lead")),
+        ("leads\\(", lambda h: h.retrieve("leads", "00000000-0000-0000-0000-000000000001")),
+    ],
+    ids=["whoami", "metadata", "retrieve"],
+)
+@pytest.mark.parametrize("kind", ["html", "json_error", "empty"])
+def test_single_reads_refuse_a_lying_200(
+    dynamics_private: Private, path: str, read: Callable[[DynamicsHook], Any], kind: str
+) -> None:
+    hook, client = dynamics_private(hook_kwargs={"max_retries": 1})
+    hook.whoami()
+    client.add_fault(kind=kind, server="dataverse", method="GET", path=path)
+    with pytest.raises(DynamicsMalformedAnswer) as caught:
+        read(hook)  # never {}, None ("not found") or an empty metadata
+    assert caught.value.retryable and caught.value.status == 200
+    assert fired(client) == [2]
+
+
+def test_batch_answer_that_is_not_multipart(dynamics_private: Private) -> None:
+    hook, client = dynamics_private(hook_kwargs={"max_retries": 1})
+    hook.whoami()
+    ops = [
+        hook.upsert_operation("leads", {"uni_applicantid": f"B-{i}"}, {"lastname": "B", "subject": "s"})
+        for i in range(2)
+    ]
+    client.add_fault(kind="html", server="dataverse", method="POST", path="batch", times=1)
+    results = hook.execute_batch(ops)  # idempotent upserts: resent once, then the real answer
+    assert all(r.ok for r in results) and hook.stats["retries"] == 1
+    client.clear_faults()
+    client.add_fault(kind="json_error", server="dataverse", method="POST", path="batch")
+    seq = client.last_seq()
+    with pytest.raises(DynamicsMalformedAnswer, match="not multipart") as caught:
+        hook.execute_batch(ops, idempotent=False)  # may have run: never resent
+    assert caught.value.path == "/api/data/v9.2/$batch" and caught.value.retryable
+    assert len(client.requests(server="dataverse", since=seq)) == 1
+
+
+def test_odata_shapes() -> None:
+    from d365.hooks.answers import Where, odata_collection, read_json
+
+    where = Where(DynamicsMalformedAnswer, "GET", "/api/data/v9.2/leads", 200)
+    assert odata_collection({"value": [{"a": 1}], "@odata.nextLink": "https://x/next"}, where)["value"] == [{"a": 1}]
+    for bad in ({}, {"value": None}, {"value": {}}, {"value": ["row"]}, {"value": [], "@odata.nextLink": 3}, []):
+        with pytest.raises(DynamicsMalformedAnswer):
+            odata_collection(bad, where)
+    assert read_json('{"value": ["é"]}'.encode(), "application/json; charset=utf-8", where) == {"value": ["é"]}
+    assert read_json(b'\xef\xbb\xbf{"a": 1}', "application/json", where) == {"a": 1}  # a BOM is tolerated
+    for body, ctype, code in [
+        ('{"a": "é"}'.encode("cp1252"), "application/json; charset=utf-8", "WrongEncoding"),
+        (b"  \n", "application/json", "EmptyBody"),
+        (b"<html>", "application/json", "HtmlPage"),
+        (b'{"a": 1}', "text/html", "HtmlPage"),
+        (b'{"a": ', "application/json", "InvalidJson"),
+        (b"null", "application/json", "WrongShape"),
+        (b'{"error": {"code": "0x80040216", "message": "x@example.org"}}', "application/json", "ErrorObject"),
+    ]:
+        with pytest.raises(DynamicsMalformedAnswer) as caught:
+            read_json(body, ctype, where)
+        assert caught.value.code == code and "example.org" not in str(caught.value)
