@@ -173,14 +173,14 @@ def _profile(lead: dict[str, Any]) -> dict[str, Any]:
 
 def _per_applicant_issues(folder: Path) -> dict[int, set[str]]:
     """applicant id → fields with an issue, from the run folder's per-applicant listing."""
+    path = folder / "quality" / "field_issues.jsonl"
+    assert path.exists(), "no per-applicant field issue listing (quality/field_issues.jsonl) in the run folder"
     out: dict[int, set[str]] = {}
-    for path in sorted(folder.rglob("*issues*.jsonl")):
-        for row in _jsonl(path):
-            aid = row.get("applicant_id")
-            for issue in row.get("issues") or [row]:
-                field = issue.get("field") if isinstance(issue, dict) else None
-                if isinstance(aid, int) and field:
-                    out.setdefault(aid, set()).add(field)
+    for row in _jsonl(path):
+        aid = row.get("applicant_id")
+        for issue in row.get("issues") or ():
+            if isinstance(aid, int) and isinstance(issue, dict) and issue.get("field"):
+                out.setdefault(aid, set()).add(issue["field"])
     return out
 
 
