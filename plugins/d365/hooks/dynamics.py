@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, NamedTuple
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, unquote_plus, urljoin, urlsplit
 
 import requests
 from airflow.sdk import BaseHook
@@ -69,6 +69,7 @@ from d365.hooks.errors import (
     DynamicsError,
     DynamicsMalformedAnswer,
     DynamicsNotFound,
+    DynamicsPagingError,
     DynamicsThrottled,
     dynamics_error_from_response,
     parse_retry_after,
@@ -182,6 +183,12 @@ def entity_path(entity_set: str, key: str | uuid.UUID | Mapping[str, Any]) -> st
 
 def _query_string(params: Mapping[str, Any]) -> str:
     return "&".join(f"{name}={quote(str(value), safe=_QUERY_SAFE)}" for name, value in params.items() if value)
+
+
+def _page_key(url: str) -> tuple[str, str, str]:
+    """A page URL compared by meaning: origin, decoded path and decoded query (encodings of one URL differ)."""
+    parts = urlsplit(url)
+    return normalise_origin(url), unquote(parts.path), unquote_plus(parts.query)
 
 
 def _guess_primary_id(entity_set: str) -> str:
@@ -918,10 +925,46 @@ class DynamicsHook(BaseHook):
         query = _query_string(params)
         url: str | None = f"{entity_set}?{query}" if query else entity_set
         headers = {"Prefer": f"odata.maxpagesize={page_size}"}
+        seen: set[tuple[str, str, str]] = set()
         while url:
+            seen.add(_page_key(self._url(url)))
             page = self._collection(url, headers)  # no "value" list: an error, never "no rows"
             yield from page["value"]
-            url = page.get("@odata.nextLink")
+            url = self._next_link(page.get("@odata.nextLink"), seen)
+
+    def _next_link(self, link: Any, seen: set[tuple[str, str, str]]) -> str | None:
+        """The next page's absolute URL, checked BEFORE it is requested: same origin as the organization
+        (scheme, host, port: anything else would receive the bearer token) and not a page already read (a
+        server repeating a link would page forever). Errors name the path, never the query (``$filter`` values)."""
+        if link is None or link == "":
+            return None
+        if not isinstance(link, str):
+            raise DynamicsPagingError(
+                f"@odata.nextLink is {type(link).__name__}, not a URL", code="NextLinkNotAUrl", method="GET"
+            )
+        absolute = urljoin(self.web_api_url + "/", link.strip())
+        parts = urlsplit(absolute)
+        try:
+            origin = normalise_origin(absolute)
+        except ValueError:
+            origin = ""
+        if origin != normalise_origin(self.org_url):
+            shown = origin or "(no host)"
+            raise DynamicsPagingError(
+                f"@odata.nextLink points to {shown}, outside the organization {self.org_url}; not followed "
+                "(it would receive the access token)",
+                code="NextLinkForeignOrigin",
+                method="GET",
+                path=unquote(parts.path),
+            )
+        if _page_key(absolute) in seen:
+            raise DynamicsPagingError(
+                "@odata.nextLink repeats a page already read; paging stopped instead of looping",
+                code="NextLinkRepeated",
+                method="GET",
+                path=unquote(parts.path),
+            )
+        return absolute
 
     def retrieve(
         self, entity_set: str, key: str | uuid.UUID | Mapping[str, Any], select: Sequence[str] | None = None

@@ -133,8 +133,10 @@ def normalise_origin(url: str, *, default_scheme: str = "https") -> str:
     host = parts.hostname.lower()
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme.lower()}://{host}{port}"
+    scheme = parts.scheme.lower()
+    default_port = {"https": 443, "http": 80}.get(scheme)
+    port = f":{parts.port}" if parts.port and parts.port != default_port else ""
+    return f"{scheme}://{host}{port}"
 
 
 def authority_from_challenge(header: str | None, authority_host: str | None = None) -> Authority:

@@ -102,6 +102,16 @@ class DynamicsNotFound(DynamicsError):
         return False
 
 
+class DynamicsPagingError(DynamicsError):
+    """An ``@odata.nextLink`` that cannot be followed: the same page again (a loop) or another origin (it would
+    receive the bearer token). Codes ``NextLinkRepeated`` (retryable: a later run may page normally) and
+    ``NextLinkForeignOrigin`` (not retryable: refused on principle)."""
+
+    @property
+    def retryable(self) -> bool:
+        return self.code == "NextLinkRepeated"
+
+
 class DynamicsConflict(DynamicsError):
     """412 (precondition, duplicate key) or 500 0x80040333 (duplicate detection)."""
 
