@@ -65,7 +65,7 @@ from d365.pipeline.fit import (
     utf16_len,
 )
 from d365.pipeline.lead_stage import StageResult, evaluate, iso_utc, parse_instant
-from d365.pipeline.settings import SOURCE_FIELDS, FieldMapping, Settings, resolve_consents
+from d365.pipeline.settings import QUALITY_FIELDS, SOURCE_FIELDS, FieldMapping, Settings, resolve_consents
 
 # --------------------------------------------------------------------------------------------------
 # result
@@ -177,6 +177,35 @@ def country_code(value: str) -> str | None:
         return None
 
 
+def phone_regions(country: str | None, default_region: str | None) -> tuple[str | None, ...]:
+    """The regions a phone typed without a country code is read with, in order: the citizenship's
+    (ISO alpha-2; not ``XK``, which has no numbering plan), then ``quality.default_region``."""
+    regions: list[str | None] = []
+    for region in (country, default_region):
+        if region and region not in _EXTRA_COUNTRIES and region not in regions:
+            regions.append(region)
+    return tuple(regions) or (None,)
+
+
+@lru_cache(maxsize=65536)
+def parse_phone(text: str, regions: tuple[str | None, ...] = (None,)) -> phonenumbers.PhoneNumber | None:
+    """THE rule for E.164 (the quality check and the mapping both use it): a number typed with no letters
+    that phonenumbers finds **valid** for one of ``regions`` (tried in order), or one typed in international
+    form (+ or 00) with a **possible** length (E.164 then keeps the digits typed, while a national form would
+    depend on guessing the trunk prefix). None otherwise."""
+    if not _PHONE_SHAPE.fullmatch(text):  # no letters: phonenumbers would read "please" as vanity digits
+        return None
+    international = text.lstrip().startswith(("+", "00"))
+    for region in regions or (None,):
+        try:
+            number = phonenumbers.parse(text, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number) or (international and phonenumbers.is_possible_number(number)):
+            return number
+    return None
+
+
 def country_name(code: str) -> str:
     if code in _EXTRA_COUNTRIES:
         return _EXTRA_COUNTRIES[code]
@@ -224,12 +253,17 @@ def check_catalog(settings: Settings, catalog: Any) -> list[str]:
 class _Record:
     """One applicant with its derived facts, computed lazily and once."""
 
-    def __init__(self, mapper: Mapper, applicant: Mapping[str, Any], applicant_id: int) -> None:
+    def __init__(
+        self, mapper: Mapper, applicant: Mapping[str, Any], applicant_id: int, actions: Mapping[str, str]
+    ) -> None:
         self.m = mapper
         self.a = applicant
         self.applicant_id = applicant_id
+        self.actions = actions  # quality field → "drop" / "send_as_entered" (invalid values only)
 
     def field(self, key: str) -> Any:
+        if self.actions.get(key) == "drop":
+            return None
         return _trim(self.a.get(key))
 
     @cached_property
@@ -265,7 +299,7 @@ class _Record:
 
     @cached_property
     def country(self) -> str | None:
-        raw = self.a.get("citizenship")
+        raw = self.field("citizenship")
         return country_code(raw) if isinstance(raw, str) else None
 
     @cached_property
@@ -323,6 +357,11 @@ SOURCE_GETTERS: dict[str, Callable[[_Record], Any]] = {
 }
 if set(SOURCE_GETTERS) != set(SOURCE_FIELDS):  # pragma: no cover - a programming error, caught by any test
     raise RuntimeError("settings.SOURCE_FIELDS and mapping.SOURCE_GETTERS must name the same fields")
+
+# source field → the quality field (settings.QUALITY_FIELDS) whose checks it is subject to
+_QUALITY_FIELD_OF = {source: name for name, source in QUALITY_FIELDS.items() if source}
+# issues of the mapping's own checks that mean "an invalid value sent as entered"
+_AS_ENTERED_CODES = frozenset({"invalid_phone", "invalid_country"})
 
 _TEMPLATE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
@@ -383,8 +422,14 @@ class Mapper:
 
     # -- per applicant -----------------------------------------------------------------------------
 
-    def map(self, applicant: Any) -> MappedLead:
-        """One applicant → MappedLead. Never raises: anything unexpected quarantines the record."""
+    def map(self, applicant: Any, fields: Mapping[str, str] | None = None) -> MappedLead:
+        """One applicant → MappedLead. Never raises: anything unexpected quarantines the record.
+
+        ``fields``: what the quality step found invalid and its policy decided (``QualityResult.field_actions``):
+        quality field (``settings.QUALITY_FIELDS``) → ``drop`` (the source reads as empty and the column is
+        written ``null``: left empty on create, cleared on update, even with ``if_empty: omit``) or
+        ``send_as_entered`` (sent as typed when it fits the column, else dropped the same way). Without it,
+        the mapping's own phone and country checks follow ``quality.field_policy``."""
         raw_id = _get(applicant, "applicant_id")
         applicant_id = _int(raw_id)
         if not isinstance(applicant, Mapping):
@@ -393,24 +438,32 @@ class Mapper:
             reason = f"applicant_id is missing or not a positive integer (got {describe_value(raw_id)})"
             return MappedLead(None, {}, quarantine_reason=reason)
         try:
-            return self._map(applicant, applicant_id)
+            return self._map(applicant, applicant_id, fields or {})
         except Exception as exc:  # never raise on data
             reason = f"internal error while mapping: {type(exc).__name__}"  # the text may quote values
             return MappedLead(applicant_id, {}, quarantine_reason=reason)
 
-    def _map(self, applicant: Mapping[str, Any], applicant_id: int) -> MappedLead:
-        record = _Record(self, applicant, applicant_id)
+    def _map(self, applicant: Mapping[str, Any], applicant_id: int, fields: Mapping[str, str]) -> MappedLead:
+        record = _Record(self, applicant, applicant_id, fields)
         payload: dict[str, Any] = {}
         issues: list[FitIssue] = []
         needed: list[tuple[str, str]] = []
 
-        def put(attribute: str, spec: AttributeSpec | None, value: Any, policy: FitPolicy) -> None:
+        def put(
+            attribute: str, spec: AttributeSpec | None, value: Any, policy: FitPolicy, as_entered: bool = False
+        ) -> None:
             if spec is None:
                 issues.append(
                     FitIssue(attribute, "unknown_attribute", "not in the lead schema (run check_mapping)", "quarantine")
                 )
                 return
             fitted, issue = fit_value(spec, value, policy)
+            if as_entered and issue is not None and issue.action in ("quarantine", "truncated"):
+                # send_as_entered sends an invalid value only when it fits the column as it is: else dropped
+                why = f"the invalid value does not fit the column as entered ({issue.code}); cleared"
+                issues.append(FitIssue(attribute, "invalid_value_dropped", why, "dropped"))
+                payload[attribute] = None
+                return
             if issue is not None:
                 issues.append(issue)
                 if issue.action == "needs_option" and issue.label is not None:
@@ -420,15 +473,15 @@ class Mapper:
             payload[attribute] = fitted
 
         for plan in self.plan:
-            value, dropped = self._value(plan, record, issues)
+            value, dropped, as_entered = self._value(plan, record, issues)
             if _empty(value):
-                if dropped or plan.entry.if_empty == "omit":
-                    continue
                 if plan.entry.if_empty == "quarantine":
                     issues.append(FitIssue(plan.attribute, "empty", "no value (if_empty: quarantine)", "quarantine"))
                     continue
-                value = None
-            put(plan.attribute, plan.spec, value, plan.policy)
+                if plan.entry.if_empty == "omit" and not dropped:
+                    continue
+                value = None  # empty, or an invalid value dropped: null clears the column on update
+            put(plan.attribute, plan.spec, value, plan.policy, as_entered)
 
         key = self.settings.dynamics.alternate_key
         if key:
@@ -459,10 +512,11 @@ class Mapper:
 
         return first_match(self.settings.owner_rules, lookup)
 
-    def _value(self, plan: _Plan, record: _Record, issues: list[FitIssue]) -> tuple[Any, bool]:
-        """(value before fitting, whether a source was dropped as invalid)."""
+    def _value(self, plan: _Plan, record: _Record, issues: list[FitIssue]) -> tuple[Any, bool, bool]:
+        """(value before fitting, whether a source was dropped as invalid, whether the value is an invalid
+        one sent as entered)."""
         entry = plan.entry
-        dropped = False
+        dropped = as_entered = False
         if entry.form == "constant":
             value: Any = entry.constant
         elif entry.form == "template":
@@ -470,12 +524,19 @@ class Mapper:
         else:
             value = None
             for i, name in enumerate((entry.source or "", *entry.fallback)):
+                action = record.actions.get(_QUALITY_FIELD_OF.get(name, ""))
+                if action == "drop":
+                    why = f"{_QUALITY_FIELD_OF[name]}: invalid value dropped (quality.field_policy); column cleared"
+                    issues.append(FitIssue(plan.attribute, "invalid_value_dropped", why, "dropped"))
+                    dropped = True
+                    continue
                 value, issue = self._source(name, entry.format if i == 0 else None, plan, record)
                 if issue is not None:
                     issues.append(issue)
                     dropped = dropped or issue.action == "dropped"
                 if not _empty(value):
                     dropped = False
+                    as_entered = action == "send_as_entered" or bool(issue and issue.code in _AS_ENTERED_CODES)
                     break
         if plan.value_map is not None and not _empty(value):
             key = normalize_label(str(value).lower() if isinstance(value, bool) else str(value))
@@ -485,7 +546,7 @@ class Mapper:
                 value = plan.value_map["*"]
         if _empty(value) and "default" in entry.model_fields_set:
             value = entry.default
-        return value, dropped
+        return value, dropped, as_entered
 
     def _source(self, name: str, fmt: str | None, plan: _Plan, record: _Record) -> tuple[Any, FitIssue | None]:
         kind = SOURCE_FIELDS[name].kind
@@ -498,7 +559,7 @@ class Mapper:
         if kind == "phone" and fmt != "text":
             return self._phone(raw, attribute, spec, record)
         if kind == "country":
-            return self._country(raw, attribute, fmt)
+            return self._country(raw, attribute, fmt, spec, record)
         if kind == "list":
             items = [str(v) for v in raw if v is not None] if isinstance(raw, list) else raw
             return (plan.entry.separator.join(items) if isinstance(items, list) else items), None
@@ -526,21 +587,10 @@ class Mapper:
             raw = str(raw)
         if not isinstance(raw, str):
             return raw, None  # fit reports the wrong type
-        region = record.country if record.country not in _EXTRA_COUNTRIES else None
+        regions = phone_regions(record.country, self.settings.quality.default_region)
         limit = spec.max_length if spec is not None else None
-        number = None
-        if _PHONE_SHAPE.fullmatch(raw):  # no letters: phonenumbers would read "please" as vanity digits
-            try:
-                number = phonenumbers.parse(raw, region)
-            except phonenumbers.NumberParseException:
-                number = None
-        # A valid number is formatted. A merely *possible* one (plausible length, unknown number range) is
-        # formatted only when typed in international form (+ or 00): then E.164 just keeps the digits typed,
-        # while a national form would depend on guessing the trunk prefix.
-        international = raw.lstrip().startswith(("+", "00"))
-        if number is not None and (
-            phonenumbers.is_valid_number(number) or (international and phonenumbers.is_possible_number(number))
-        ):
+        number = parse_phone(raw, regions)
+        if number is not None:
             e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
             if not number.extension:
                 return e164, None
@@ -549,23 +599,34 @@ class Mapper:
                 return with_extension, None
             why = f"the number with its extension does not fit in {limit} characters; sent without the extension"
             return e164, FitIssue(attribute, "phone_extension_dropped", why)
-        text = " ".join(raw.split())
-        where = " for the citizenship's region" if region else " (no country code, no valid citizenship)"
-        if limit is None or utf16_len(text) <= limit:
-            return text, FitIssue(attribute, "invalid_phone", f"not a valid phone number{where}; sent as entered")
-        return None, FitIssue(
-            attribute, "invalid_phone", f"not a valid phone number{where} and longer than {limit}; left out", "dropped"
-        )
+        where = " for the regions tried" if regions != (None,) else " (no country code, no citizenship or region)"
+        return self._invalid(record, "phone", " ".join(raw.split()), attribute, limit, "invalid_phone", where)
 
-    def _country(self, raw: Any, attribute: str, fmt: str | None) -> tuple[Any, FitIssue | None]:
+    def _invalid(
+        self, record: _Record, name: str, text: str, attribute: str, limit: int | None, code: str, where: str
+    ) -> tuple[Any, FitIssue | None]:
+        """An invalid phone or country found by the mapping: the quality step's decision for the record, else
+        ``quality.field_policy``: sent as entered when it fits, else dropped (null: cleared), or quarantined."""
+        action = record.actions.get(name) or self.settings.quality.policy(name)
+        if action == "quarantine":
+            return None, FitIssue(attribute, code, f"not valid{where} (quality.field_policy: quarantine)", "quarantine")
+        if action == "send_as_entered" and (limit is None or utf16_len(text) <= limit):
+            return text, FitIssue(attribute, code, f"not valid{where}; sent as entered")
+        why = f"not valid{where}; left out (cleared)" if action == "drop" else f"not valid{where}; too long, cleared"
+        return None, FitIssue(attribute, code, why, "dropped")
+
+    def _country(
+        self, raw: Any, attribute: str, fmt: str | None, spec: AttributeSpec | None, record: _Record
+    ) -> tuple[Any, FitIssue | None]:
         if not isinstance(raw, str):
             return raw, None  # fit reports the wrong type
         if fmt == "text":
             return raw, None
         code = country_code(raw)
         if code is None:
-            why = f"text of {len(raw)} characters is not an ISO 3166-1 country; left out"
-            return None, FitIssue(attribute, "invalid_country", why, "dropped")
+            limit = spec.max_length if spec is not None else None
+            where = f" (text of {len(raw)} characters is not an ISO 3166-1 country)"
+            return self._invalid(record, "citizenship", raw, attribute, limit, "invalid_country", where)
         return (country_name(code) if fmt == "country_name" else code), None
 
     def _render(self, template: str, record: _Record) -> str | None:

@@ -4,16 +4,27 @@ Airflow-free; ``transform_step`` calls :func:`triage_applicants` and :func:`writ
 
 Order, per row (the quality checks run first, over the whole batch, in one Great Expectations validation):
 
-1. **Identity** (quality): not a record, no usable applicant id, or a duplicated id → quarantined. Nothing
-   else can be said about a row that cannot be named.
+1. **Record** (quality, ``Check.kind == "record"``): not a record, a malformed record, no usable applicant
+   id, or a duplicated id → quarantined. Nothing else can be said about a row that cannot be named or read.
 2. **Consent**: the required consents (settings ``consent.required``) not all accepted → skipped for
    consent, whatever the rest of the data looks like. Such an applicant is never sent, and the ledger and
    report say "consent" rather than a data problem the university cannot act on without consent anyway.
    Consent comes before the content checks also because a lead sent earlier must then be withdrawn
    (plan), which a quarantine would prevent. (Their data problems still count in the batch's invalid
    fraction.)
-3. **Content** (quality): e-mail, phone, citizenship, names, dates, lengths → quarantined.
-4. **Mapping** (``Mapper``): a value that does not fit its column → quarantined; otherwise a lead payload.
+3. **Identity** (``quality.identity``: default a family or full name, and an e-mail or a phone, each
+   present and valid) → quarantined without one; so is a field whose ``quality.field_policy`` is
+   ``quarantine`` (an explicit opt-in) or a too-long value of a ``quarantine`` fit-policy column.
+4. **Fields**: every other invalid value (phone, citizenship, dates, e-mail, names in a wrong encoding,
+   ...) is handed to the mapping with its policy's action: ``drop`` (default: the column is written
+   ``null``, left empty on create and **cleared on update**) or ``send_as_entered`` (when it fits the column).
+   The applicant is still sent.
+5. **Mapping** (``Mapper``): a value that does not fit its column → quarantined; otherwise a lead payload.
+
+Field issues are listed per applicant in ``quality/field_issues.jsonl`` (one line per row with an invalid
+field: ``applicant_id``, ``row``, ``state`` (lead / skipped_consent / quarantined) and ``issues``: ``field``,
+``code``, ``reason``, ``action`` — never a value) and counted per field and reason code in
+``quality/summary.json`` (``field_issues``) and ``summary.md``.
 
 Reasons name the check and the field, never a value: quality reasons come from ``quality.Check``; mapping
 reasons are rebuilt from the fit issues' attribute and code (a fit message may quote the value).
@@ -40,6 +51,7 @@ QUALITY_QUARANTINE = "quality/quarantine.jsonl"
 QUALITY_GX_RESULT = "quality/gx_result.json"
 QUALITY_SUMMARY = "quality/summary.md"
 QUALITY_SUMMARY_JSON = "quality/summary.json"
+QUALITY_FIELD_ISSUES = "quality/field_issues.jsonl"
 
 # fit issue codes whose message holds no value (sizes, "no value") and may be shown in a reason
 _SAFE_MESSAGES = frozenset({"too_long", "empty", "unknown_attribute", "error"})
@@ -55,6 +67,25 @@ class TriageResult:
     outcomes: list[dict[str, Any]]  # one per row that is not a lead: applicant_id, state, reason, row
     quality: QualityResult
     lead_rows: list[int] = field(default_factory=list)  # row position of each lead
+
+    def field_issue_rows(self) -> list[dict[str, Any]]:
+        """quality/field_issues.jsonl: per row with a failed field check, its id, state and issues (field,
+        code, reason, action); never a value."""
+        state = {row: "lead" for row in self.lead_rows}
+        state.update({o["row"]: o["state"] for o in self.outcomes})
+        out = []
+        for row in sorted(self.quality.failures):
+            issues = self.quality.field_issues(row)
+            if issues:
+                out.append(
+                    {
+                        "applicant_id": self.quality.applicant_ids[row],
+                        "row": row,
+                        "state": state.get(row),
+                        "issues": [i.to_dict() for i in issues],
+                    }
+                )
+        return out
 
     @property
     def batch(self) -> list[dict[str, Any]]:
@@ -165,10 +196,9 @@ def triage_applicants(
         )
 
     for row, applicant in enumerate(records):
-        failed = quality.failures.get(row, [])
-        identity = [c.reason for c in failed if c.identity]
-        if identity:
-            out(row, LeadState.QUARANTINED, identity)
+        unreadable = quality.record_reasons(row)
+        if unreadable:
+            out(row, LeadState.QUARANTINED, unreadable)
             continue
         try:
             consented, missing = consent_status(applicant, catalog, settings)
@@ -178,10 +208,13 @@ def triage_applicants(
         if not consented:
             out(row, LeadState.SKIPPED_CONSENT, [consent_reason(missing)])
             continue
-        if failed:
-            out(row, LeadState.QUARANTINED, [c.reason for c in failed])
+        withheld = quality.withheld_reasons(row)
+        if withheld:  # the field issues behind it too (an identity fails because its fields were invalid)
+            explained = withheld + [i.reason for i in quality.field_issues(row) if i.reason not in withheld]
+            out(row, LeadState.QUARANTINED, explained)
             continue
-        mapped = mapper.map(applicant)  # never raises
+        actions = quality.field_actions(row)
+        mapped = mapper.map(applicant, actions)  # never raises
         if not mapped.ok:
             out(row, LeadState.QUARANTINED, [mapping_reason(mapped)])
             continue
@@ -193,7 +226,8 @@ def triage_applicants(
             "applicant_id": quality.applicant_ids[row],
             "payload": mapped.payload,
             "payload_hash": mapped.hash,
-            "email": mapped.payload.get(email_column) or applicant.get("email"),
+            # adoption by e-mail only with an address that passed its checks
+            "email": mapped.payload.get(email_column) or (None if "email" in actions else applicant.get("email")),
             "issues": [i.to_dict() for i in mapped.issues],
         }
         if mapped.options_needed:  # pending: the plan adds the options and fills the payload
@@ -210,6 +244,7 @@ def write_artifacts(folder: Any, result: TriageResult) -> dict[str, str]:
     """quality/quarantine.jsonl (ids + reasons), gx_result.json, summary.json and summary.md in the run
     folder (anything with ``write_json``/``write_jsonl``/``file`` and ``url``). Returns name → path."""
     folder.write_jsonl(QUALITY_QUARANTINE, result.quarantine_rows())
+    folder.write_jsonl(QUALITY_FIELD_ISSUES, result.field_issue_rows())
     folder.write_json(QUALITY_GX_RESULT, result.quality.gx_result)
     summary = result.quality.summary()
     summary["batch"] = result.batch
@@ -220,6 +255,7 @@ def write_artifacts(folder: Any, result: TriageResult) -> dict[str, str]:
         "summary": f"{base}/{QUALITY_SUMMARY}",
         "gx_result": f"{base}/{QUALITY_GX_RESULT}",
         "quarantine": f"{base}/{QUALITY_QUARANTINE}",
+        "field_issues": f"{base}/{QUALITY_FIELD_ISSUES}",
     }
     summary["files"] = paths
     folder.write_json(QUALITY_SUMMARY_JSON, summary)

@@ -349,13 +349,31 @@ def test_phones_are_e164(phone: str, citizenship: str | None, expected: str) -> 
     ("phone", "citizenship", "expected"),
     [
         ("00372-12-123456", "EE", "+37212123456"),  # possible, international form: formatted
-        ("555.123.4567", "US", "555.123.4567"),  # national form, not a valid number: kept
+        ("555.123.4567", "US", None),  # national form, not a valid number: dropped (null clears it)
         ("+372 5123 4567 ext. 12", "EE", "+37251234567 ext. 12"),
-        ("+372 5x1 2345", "EE", "+372 5x1 2345"),  # letters are never read as vanity digits
+        ("+372 5x1 2345", "EE", None),  # letters are never read as vanity digits
     ],
 )
-def test_phone_edge_cases(phone: str, citizenship: str, expected: str) -> None:
-    assert run(make_applicant(phone=phone, citizenship=citizenship)).payload["mobilephone"] == expected
+def test_phone_edge_cases(phone: str, citizenship: str, expected: str | None) -> None:
+    lead = run(make_applicant(phone=phone, citizenship=citizenship))
+    assert lead.ok and "mobilephone" in lead.payload and lead.payload["mobilephone"] == expected
+
+
+def quality_with(**changes: Any) -> Any:
+    return DEFAULT.model_copy(update={"quality": DEFAULT.quality.model_copy(update=changes)})
+
+
+def test_default_region_reads_national_numbers_after_the_citizenship() -> None:
+    """The citizenship's region first, then quality.default_region: a local number of the university's
+    country typed by a foreign applicant becomes E.164 too."""
+    assert run(make_applicant(phone="5123 4567", citizenship="FR")).payload["mobilephone"] is None
+    estonian = quality_with(default_region="EE")
+    assert run(make_applicant(phone="5123 4567", citizenship="FR"), estonian).payload["mobilephone"] == "+37251234567"
+    assert run(make_applicant(phone="5123 4567", citizenship=None), estonian).payload["mobilephone"] == "+37251234567"
+    # the citizenship wins where it gives a valid number
+    assert run(make_applicant(phone="087 123 4567", citizenship="IE"), estonian).payload["mobilephone"] == (
+        "+353871234567"
+    )
 
 
 def test_phone_extension_that_does_not_fit_is_dropped_with_an_issue() -> None:
@@ -364,18 +382,56 @@ def test_phone_extension_that_does_not_fit_is_dropped_with_an_issue() -> None:
     assert [i.code for i in lead.issues] == ["phone_extension_dropped"]
 
 
-def test_unparseable_phone_is_kept_when_it_fits() -> None:
+def test_unparseable_phone_is_dropped_by_default_and_clears_the_column() -> None:
     lead = run(make_applicant(phone="call after 6pm"))
+    assert lead.ok and "mobilephone" in lead.payload and lead.payload["mobilephone"] is None
+    (issue,) = lead.issues
+    assert issue.code == "invalid_phone" and issue.action == "dropped"
+
+
+def test_unparseable_phone_sent_as_entered_only_when_it_fits() -> None:
+    as_entered = quality_with(field_policy={"phone": "send_as_entered"})
+    lead = run(make_applicant(phone="call after 6pm"), as_entered)
     assert lead.ok and lead.payload["mobilephone"] == "call after 6pm"
     (issue,) = lead.issues
     assert issue.code == "invalid_phone" and issue.action == "sent"
-
-
-def test_unparseable_phone_is_dropped_when_too_long() -> None:
-    lead = run(make_applicant(phone="ring my mum, ask for extension 4411 please"))
-    assert lead.ok and "mobilephone" not in lead.payload
+    lead = run(make_applicant(phone="ring my mum, ask for extension 4411 please"), as_entered)
+    assert lead.ok and lead.payload["mobilephone"] is None
     (issue,) = lead.issues
     assert issue.code == "invalid_phone" and issue.action == "dropped"
+
+
+def test_unparseable_phone_quarantines_only_when_the_policy_says_so() -> None:
+    lead = run(make_applicant(phone="call after 6pm"), quality_with(field_policy={"phone": "quarantine"}))
+    assert not lead.ok and lead.quarantine_reason.startswith("mobilephone:")
+
+
+def test_fields_dropped_by_the_quality_step_are_null_even_with_if_empty_omit() -> None:
+    """``Mapper.map(applicant, fields)``: a dropped field reads as empty (fallbacks still apply) and its
+    column is null: cleared on update, whatever if_empty says (except quarantine)."""
+    s = settings_with(
+        {
+            "lastname": {"source": "applicant.name.family", "fallback": ["applicant.name.full"]},
+            "firstname": {"source": "applicant.name.given", "if_empty": "omit"},
+            "uni_registeredon": "applicant.registered",
+            "uni_reference": "applicant.reference",
+        }
+    )
+    mapper = Mapper(s, SCHEMA, CATALOG, instance=INSTANCE)
+    record = make_applicant(name_family="GarcÃ\xada", name_given="Se\ufffdn", registered="soon", reference="R1")
+    lead = mapper.map(record, {"name_family": "drop", "name_given": "drop", "registered": "drop"})
+    assert lead.ok
+    assert lead.payload["lastname"] == "Seán O'Brien-Ñúñez"  # the full name is the fallback
+    assert lead.payload["firstname"] is None and lead.payload["uni_registeredon"] is None
+    assert lead.payload["uni_reference"] == "R1"
+    assert {i.attribute for i in lead.issues if i.code == "invalid_value_dropped"} == {
+        "lastname",
+        "firstname",
+        "uni_registeredon",
+    }
+    # send_as_entered: a registration date that is not a date does not fit a DateTime column → null
+    lead = mapper.map(record, {"registered": "send_as_entered"})
+    assert lead.ok and lead.payload["uni_registeredon"] is None
 
 
 def test_phone_as_typed_with_format_text() -> None:
@@ -391,8 +447,10 @@ def test_citizenship_codes_names_and_invalid_values() -> None:
     assert run(make_applicant(citizenship="ie")).payload["uni_citizenship"] == "IE"
     assert run(make_applicant(citizenship="Ireland")).payload["uni_citizenship"] == "IE"
     lead = run(make_applicant(citizenship="ZZ"))
-    assert lead.ok and "uni_citizenship" not in lead.payload
-    assert any(i.code == "invalid_country" for i in lead.issues)
+    assert lead.ok and "uni_citizenship" in lead.payload and lead.payload["uni_citizenship"] is None
+    assert any(i.code == "invalid_country" and i.action == "dropped" for i in lead.issues)
+    lead = run(make_applicant(citizenship="UK"), quality_with(field_policy={"citizenship": "send_as_entered"}))
+    assert lead.ok and lead.payload["uni_citizenship"] == "UK"
     s = settings_with({"uni_citizenship": {"source": "applicant.citizenship", "format": "country_name"}})
     assert run(make_applicant(citizenship="GB"), s).payload["uni_citizenship"] == "United Kingdom"
     assert run(make_applicant(citizenship="BO"), s).payload["uni_citizenship"] == "Bolivia"

@@ -14,6 +14,7 @@ from d365.pipeline.fit import LeadSchema
 from d365.pipeline.mapping import Mapper
 from d365.pipeline.settings import load_settings
 from d365.pipeline.triage import (
+    QUALITY_FIELD_ISSUES,
     QUALITY_GX_RESULT,
     QUALITY_QUARANTINE,
     QUALITY_SUMMARY,
@@ -76,29 +77,43 @@ def states(result: TriageResult) -> dict[int, str]:
     return out
 
 
-def test_order_identity_then_consent_then_content_then_mapping() -> None:
+def test_order_record_then_consent_then_identity_then_fields_then_mapping() -> None:
     records: list[Any] = [
         applicant(1),  # lead
         applicant(2, consents={}),  # undecided → skipped
         applicant(3, consents={"1": "Reject"}, email="broken@@"),  # no consent wins over bad data
-        applicant(4, email="broken@@"),  # consented, bad e-mail → quarantined
+        applicant(4, email="broken@@"),  # consented, bad e-mail → dropped, still a lead (the phone is identity)
         None,  # not a record → quarantined, no id
         applicant(None, consents={}),  # no id: quarantined even without consent
-        applicant(7, name_given={"x": 1}),  # wrong type → quarantined by quality, before the mapping
+        applicant(7, name_given={"x": 1}),  # wrong type → dropped by quality, before the mapping
+        applicant(8, email="broken@@", phone="12"),  # no usable e-mail or phone → no identity → quarantined
+        applicant(9, malformed=["name: not an object"], consents={}),  # malformed: quarantined before consent
     ]
     result = triage(records)
     assert states(result) == {
         0: "lead",
         1: "skipped_consent",
         2: "skipped_consent",
-        3: "quarantined",
+        3: "lead",
         4: "quarantined",
         5: "quarantined",
-        6: "quarantined",
+        6: "lead",
+        7: "quarantined",
+        8: "quarantined",
     }
     by_row = {o["row"]: o for o in result.outcomes}
+    leads = {lead["applicant_id"]: lead for lead in result.leads}
     assert by_row[1]["reason"] == "required consent not accepted: consent 1"
-    assert by_row[3]["reason"] == "email: invalid syntax"
+    assert "emailaddress1" in leads[4]["payload"] and leads[4]["payload"]["emailaddress1"] is None
+    assert leads[4]["email"] is None  # an invalid address never adopts a lead
+    assert leads[4]["payload"]["mobilephone"] == "+37251234567"
+    assert leads[7]["payload"]["firstname"] is None and leads[7]["payload"]["lastname"] == "Tamm"
+    assert by_row[7]["reasons"] == [
+        "identity: no usable email or phone",
+        "email: invalid syntax",
+        "phone: not parseable to E.164",
+    ]
+    assert by_row[8]["reasons"] == ["record: malformed (name: not an object)"]
     assert by_row[4] == {
         "applicant_id": None,
         "row": 4,
@@ -107,10 +122,18 @@ def test_order_identity_then_consent_then_content_then_mapping() -> None:
         "reasons": ["record: not an applicant record"],
     }
     assert by_row[5]["reasons"] == ["applicant_id: missing or not a positive integer"]
-    assert by_row[6]["reasons"] == ["name_given: not text"]
-    # the consent-skipped row with bad data still counts as invalid for the batch
-    assert result.quality.invalid_rows == 5
-    assert result.counts() == {"leads": 1, "skipped_consent": 2, "quarantined": 4}
+    # every row with a failed check counts as invalid for the batch, consent-skipped and sent ones too
+    assert result.quality.invalid_rows == 7
+    assert result.counts() == {"leads": 3, "skipped_consent": 2, "quarantined": 4}
+    issues = {r["applicant_id"]: r for r in result.field_issue_rows()}
+    assert issues[7] == {
+        "applicant_id": 7,
+        "row": 6,
+        "state": "lead",
+        "issues": [{"field": "name_given", "code": "not_text", "reason": "name_given: not text", "action": "drop"}],
+    }
+    assert issues[3]["state"] == "skipped_consent" and issues[8]["state"] == "quarantined"
+    assert [i["field"] for i in issues[4]["issues"]] == ["email"]
 
 
 def test_leads_are_exactly_what_the_mapper_makes() -> None:
@@ -160,20 +183,32 @@ def test_artifacts_hold_ids_and_reasons_only(tmp_path: Path) -> None:
         assert "ebulon" not in text and "secret" not in text
     rows = [json.loads(line) for line in files[QUALITY_QUARANTINE].splitlines()]
     assert rows == [
-        {"applicant_id": 31, "row": 1, "reasons": ["email: invalid syntax", "phone: not parseable to E.164"]}
+        {
+            "applicant_id": 31,
+            "row": 1,
+            "reasons": ["identity: no usable email or phone", "email: invalid syntax", "phone: not parseable to E.164"],
+        }
     ]
+    assert paths["field_issues"].endswith(QUALITY_FIELD_ISSUES)
+    issues = [json.loads(line) for line in (tmp_path / QUALITY_FIELD_ISSUES).read_text().splitlines()]
+    assert [(r["applicant_id"], r["state"], [i["field"] for i in r["issues"]]) for r in issues] == [
+        (31, "quarantined", ["email", "phone"])
+    ]
+    assert "ebulon" not in (tmp_path / QUALITY_FIELD_ISSUES).read_text()
     summary = json.loads((tmp_path / QUALITY_SUMMARY_JSON).read_text())
     assert summary["ok"] and summary["counts"] == {"leads": 1, "quarantined": 1, "skipped_consent": 1}
+    assert summary["field_issues"] == {"email": {"invalid": 1}, "phone": {"invalid": 1}}
     assert "| email: invalid syntax | 1 |" in files[QUALITY_SUMMARY]
+    assert "| phone | invalid | 1 | drop |" in files[QUALITY_SUMMARY]
     assert json.loads(files[QUALITY_GX_RESULT])["success"] is False
 
 
 def test_too_many_invalid_rows_fail_the_batch() -> None:
     records = [applicant(i, email="bad@@" if i <= 6 else f"a{i}@b.org") for i in range(1, 21)]
-    result = triage(records)  # 6 of 20 = 30% > 25%
+    result = triage(records)  # 6 of 20 = 30% > 25%: a broken extract must not clear good values either
     assert not result.ok
     assert result.batch_failures == ["invalid_fraction: 6 of 20 rows invalid (30.0%), limit 25.0%"]
-    assert len(result.leads) == 14  # triage still decides every row; the caller writes nothing
+    assert len(result.leads) == 20  # triage still decides every row (bad e-mails dropped); the caller writes nothing
 
 
 # -- property: arbitrary records, including broken ones, never crash and never get lost -----------------
