@@ -220,3 +220,14 @@ def test_service_document_and_csdl(api: WebApi) -> None:
     assert {"name": "leads", "kind": "EntitySet", "url": "leads"} in body["value"]
     csdl = api.get("$metadata", headers={"Accept": "application/xml"})
     assert csdl.status_code == 200 and '<EntityType Name="lead"' in csdl.text
+
+
+def test_entity_definitions_carry_is_private_and_table_type(api: WebApi) -> None:
+    """Microsoft's Python SDK lists tables with ``$filter=IsPrivate eq false``."""
+    r = api.get(
+        "EntityDefinitions", params={"$filter": "IsPrivate eq false", "$select": "LogicalName,IsPrivate,TableType"}
+    )
+    assert r.status_code == 200, r.text
+    [lead] = r.json()["value"]
+    assert (lead["LogicalName"], lead["IsPrivate"], lead["TableType"]) == ("lead", False, "Standard")
+    assert api.get("EntityDefinitions", params={"$filter": "IsPrivate eq true"}).json()["value"] == []

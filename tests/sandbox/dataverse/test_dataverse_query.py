@@ -163,7 +163,8 @@ def test_paging_returns_each_lead_exactly_once(api: WebApi, cohort: Any, orderby
 
 
 @pytest.mark.parametrize(
-    ("top", "page_size", "pages"), [(5, 2, [2, 2, 1]), (6, 2, [2, 2, 2]), (4, 10, [4]), (30, 10, [10, 10, 5]), (0, 3, [0])]
+    ("top", "page_size", "pages"),
+    [(5, 2, [2, 2, 1]), (6, 2, [2, 2, 2]), (4, 10, [4]), (30, 10, [10, 10, 5]), (0, 3, [0])],
 )
 @pytest.mark.parametrize("orderby", [None, "firstname desc"])
 def test_top_caps_the_total_across_pages(
