@@ -1,9 +1,13 @@
 """DreamApply → Dynamics 365: new and changed applicants become leads, idempotently, every hour.
 
-preflight → extract → transform → plan → load → commit → report
+preflight → lock → extract → transform → plan → load → commit → report
 
 - preflight: token, WhoAmI, the mapping against the live lead metadata, the contact owner and rule owners,
   the DreamApply key; a configuration error fails the run at once, before any extract or write.
+- lock: one sync at a time per DreamApply instance (scheduled, manual, backfill, dry run): a lease in the
+  ledger database; while another run holds it this sensor waits (reschedule mode, no worker slot) and fails
+  naming the holder after ``D365_SYNC_LOCK_WAIT_SECONDS``. Every later step renews it; commit releases it
+  (report and watcher too, for dry and failed runs); it expires after the DAG run timeout.
 - extract: new applicants (ID cursor), changes (journal cursor), failed ones to retry; bulk endpoints.
 - transform: Great Expectations validation (row quarantine; batch gates stop the run before any write),
   the consent gate and the mapping (include/mappings/settings.yaml) per applicant.
@@ -23,7 +27,10 @@ commit are skipped, nothing is written).
 Environment: ``D365_SYNC_SCHEDULE`` (default ``@hourly``), ``D365_SYNC_SETTINGS``, ``D365_SYNC_LEDGER_URL``,
 ``D365_SYNC_RUN_ROOT``, ``D365_SYNC_BATCH_SIZE`` (operations per ``$batch``, default 100),
 ``D365_SYNC_MAX_WORKERS`` (parallel load workers, default 16, capped by x-ms-dop-hint),
-``D365_SYNC_TASK_RETRIES`` / ``D365_SYNC_RETRY_DELAY_SECONDS``.
+``D365_SYNC_TASK_RETRIES`` / ``D365_SYNC_RETRY_DELAY_SECONDS``, ``D365_SYNC_TASK_TIMEOUT_MINUTES`` (every
+task's execution_timeout, default 180) / ``D365_SYNC_DAGRUN_TIMEOUT_MINUTES`` (default 360),
+``D365_SYNC_LOCK_WAIT_SECONDS`` /
+``D365_SYNC_LOCK_POKE_SECONDS`` / ``D365_SYNC_LOCK_TTL_SECONDS`` (the sync lock: ``d365.pipeline.lock``).
 Pools: ``dreamapply_api`` (extract) and ``dynamics365_api`` (preflight, plan, load).
 """
 
@@ -33,11 +40,13 @@ import os
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Param, chain, dag, get_current_context, task
+from airflow.sdk import Param, PokeReturnValue, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from d365.notifications import FailureAlert
 from d365.operators.load_leads import LoadLeadsOperator
+from d365.pipeline.lock import poke_seconds, wait_seconds
+from d365.timeouts import dagrun_timeout, task_timeout
 
 DAG_ID = "dreamapply_to_dynamics365"
 DREAMAPPLY_POOL = "dreamapply_api"
@@ -56,6 +65,7 @@ def _run_context() -> Any:
         dag_run.run_id,
         ctx["params"],
         run_folder=run_folder["run_folder"] if run_folder else None,
+        require_lock=True,  # every step after ``lock`` holds the instance's sync lock
     )
 
 
@@ -65,7 +75,9 @@ def _run_context() -> Any:
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=dagrun_timeout(),  # D365_SYNC_DAGRUN_TIMEOUT_MINUTES (d365.timeouts)
     default_args={
+        "execution_timeout": task_timeout(),  # every task: D365_SYNC_TASK_TIMEOUT_MINUTES
         "retries": int(os.environ.get("D365_SYNC_TASK_RETRIES", "2")),
         "retry_delay": timedelta(seconds=int(os.environ.get("D365_SYNC_RETRY_DELAY_SECONDS", "120"))),
         "retry_exponential_backoff": 2.0,
@@ -110,6 +122,15 @@ def dreamapply_to_dynamics365() -> None:
         ctx = get_current_context()
         return timed(RunContext.create(DAG_ID, ctx["dag_run"].run_id, ctx["params"]), "preflight", run)
 
+    @task.sensor(mode="reschedule", poke_interval=poke_seconds(), timeout=wait_seconds() + 2 * poke_seconds())
+    def lock() -> PokeReturnValue:
+        """One sync at a time per DreamApply instance: wait while another run holds the lock (d365.pipeline.lock)."""
+        from d365.steps import lock_step
+
+        timeout = get_current_context()["dag"].dagrun_timeout
+        doc = lock_step(_run_context(), dagrun_timeout=timeout.total_seconds() if timeout else None)
+        return PokeReturnValue(is_done=doc is not None, xcom_value=doc)
+
     @task(pool=DREAMAPPLY_POOL)
     def extract() -> dict[str, Any]:
         from d365.steps import extract_step, timed
@@ -140,6 +161,7 @@ def dreamapply_to_dynamics365() -> None:
         instance="{{ ti.xcom_pull(task_ids='preflight')['instance'] }}",
         batch_size=int(os.environ.get("D365_SYNC_BATCH_SIZE", "100")),
         max_workers=int(os.environ.get("D365_SYNC_MAX_WORKERS", "16")),
+        require_lock=True,
     )
 
     @task
@@ -150,16 +172,24 @@ def dreamapply_to_dynamics365() -> None:
 
     @task(trigger_rule="all_done")
     def report() -> dict[str, Any]:
-        from d365.steps import report_step, timed
+        from d365.steps import release_lock, report_step, timed
 
-        return timed(_run_context(), "report", report_step)
+        rc = _run_context()
+        try:
+            return timed(rc, "report", report_step)
+        finally:
+            release_lock(rc)  # dry runs and failed runs end here (a committed run released it already)
 
     @task(trigger_rule="one_failed", retries=0)
     def watcher() -> None:
         """Fails the run when any task failed: ``report`` (all_done) must not turn a failed load green."""
+        from d365.pipeline.ledger import default_ledger_url
+        from d365.pipeline.lock import release
+
+        release(default_ledger_url(), None, get_current_context()["dag_run"].run_id)  # in case the report could not
         raise RuntimeError("a task of this run failed; see the report task's summary and the failed task's log")
 
-    steps = [preflight(), extract(), transform(), plan(), load, commit(), report()]
+    steps = [preflight(), lock(), extract(), transform(), plan(), load, commit(), report()]
     chain(*steps)
     steps >> watcher()
 

@@ -16,7 +16,8 @@ every run folder once (an hourly one in the sync would list thousands of folders
 every sync), and it needs neither Dynamics nor DreamApply, so an outage of either never postpones a deletion.
 
 Environment: ``D365_RECONCILE_SCHEDULE`` (default ``@daily``), plus the sync's ``D365_SYNC_SETTINGS``,
-``D365_SYNC_LEDGER_URL`` and ``D365_SYNC_RUN_ROOT``. Pool: ``dynamics365_api`` (reconcile).
+``D365_SYNC_LEDGER_URL`` and ``D365_SYNC_RUN_ROOT``, and its timeouts ``D365_SYNC_TASK_TIMEOUT_MINUTES`` /
+``D365_SYNC_DAGRUN_TIMEOUT_MINUTES`` (``d365.timeouts``). Pool: ``dynamics365_api`` (reconcile).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
+
+from d365.timeouts import dagrun_timeout, task_timeout
 
 DAG_ID = "reconcile_dreamapply_leads"
 DYNAMICS_POOL = "dynamics365_api"
@@ -39,7 +42,8 @@ RETENTION_REPORT = "retention.json"
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
+    dagrun_timeout=dagrun_timeout(),  # D365_SYNC_DAGRUN_TIMEOUT_MINUTES (d365.timeouts)
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "execution_timeout": task_timeout()},
     tags=["dreamapply", "dynamics365", "crm", "reconciliation"],
     doc_md=__doc__,
 )
