@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from d365.hooks.errors import ApiError
 from d365.pipeline.identity import instance_key
-from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
+from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, LockLost, default_ledger_url
 from d365.pipeline.owners import OwnerIds
 from d365.pipeline.plan import (
     ERASE,
@@ -53,6 +53,8 @@ COMMIT_PRIVACY = "commit/privacy.json"  # erasures of the run (counts, failures)
 REPORT = "report.json"
 TIMINGS = "timings.jsonl"
 PLAN_DRY_RUN = "plan/dry_run.json"  # a dry run's plan summary (what would be written)
+LOCK = "lock.json"  # the sync lock this run holds: generation, ttl, how long it waited and for whom
+LOCK_WAITS = "lock/waits.jsonl"  # one line per look at the lock that found another run holding it
 
 # Lookups of existing leads go in chunks small enough for a GET URL (values are escaped and encoded).
 LOOKUP_CHUNK = 50
@@ -81,6 +83,8 @@ class RunContext:
     settings: Settings
     ledger_url: str
     params: Mapping[str, Any]
+    # In the DAG every step after ``lock`` must hold the instance's sync lock; direct callers (tests) may not.
+    require_lock: bool = False
 
     @classmethod
     def create(
@@ -92,6 +96,7 @@ class RunContext:
         run_folder: str | None = None,
         settings: Settings | None = None,
         ledger_url: str | None = None,
+        require_lock: bool = False,
     ) -> RunContext:
         folder = RunFolder(run_folder) if run_folder else RunFolder.for_run(dag_id, run_id)
         return cls(
@@ -101,6 +106,7 @@ class RunContext:
             settings=settings or load_settings(),
             ledger_url=ledger_url or default_ledger_url(),
             params=dict(params or {}),
+            require_lock=require_lock,
         )
 
     @property
@@ -141,6 +147,68 @@ class RunContext:
     @property
     def instance(self) -> str:
         return self.preflight()["instance"]
+
+    def hold_lock(self, ledger: Ledger, step: str) -> int | None:
+        """Renew this run's sync lock before ``step`` reads or writes; its generation versions the step's
+        ledger writes. None: no lock was taken (only outside the DAG, ``require_lock`` False)."""
+        from d365.pipeline.lock import LockLost, hold
+
+        doc = self.folder.read_json(LOCK)
+        if doc is None:
+            if self.require_lock:
+                raise AirflowFailException(f"{step}: this run did not take the sync lock (the lock task); stopping")
+            return None
+        try:
+            hold(ledger, doc["instance"], self.run_id, generation=doc["generation"], ttl=doc["ttl_seconds"], step=step)
+        except LockLost as exc:
+            raise AirflowFailException(str(exc)) from None  # a retry cannot get it back
+        return int(doc["generation"])
+
+    def lock_fence(self) -> tuple[str, int] | None:
+        doc = self.folder.read_json(LOCK)
+        return None if doc is None else (self.run_id, int(doc["generation"]))
+
+
+# -- lock -------------------------------------------------------------------------------------------
+def lock_step(rc: RunContext, *, dagrun_timeout: float | None = None) -> dict[str, Any] | None:
+    """Take the DreamApply instance's sync lock (``d365.pipeline.lock``) before anything reads the cursors.
+    Returns the lease (also in ``lock.json``), or None while another run holds it (the DAG's sensor asks again
+    later); after ``D365_SYNC_LOCK_WAIT_SECONDS`` of waiting the task fails naming the holder."""
+    from d365.pipeline import lock
+
+    instance = rc.instance
+    ttl = lock.ttl_seconds(dagrun_timeout)
+    lease = lock.acquire(rc.ledger_url, instance, rc.run_id, ttl=ttl)
+    waits = list(rc.folder.read_jsonl(LOCK_WAITS))
+    now = time.time()
+    waited = now - float(waits[0]["at"]) if waits else 0.0
+    if lease.held:
+        doc = {
+            "instance": instance,
+            "generation": lease.generation,
+            "ttl_seconds": ttl,
+            "acquired_at": lease.acquired_at.isoformat(),
+            "waited_seconds": round(waited, 3),
+            "waited_for": sorted({w["holder"] for w in waits if w.get("holder")}),
+        }
+        rc.folder.write_json(LOCK, doc)
+        log.info("sync lock of %s taken: generation %d (waited %.0f s)", instance, lease.generation, waited)
+        return doc
+    rc.folder.append_jsonl(LOCK_WAITS, [{"at": now, "holder": lease.run_id, "generation": lease.generation}])
+    if waited >= lock.wait_seconds():
+        raise AirflowFailException(lock.busy_message(instance, lease, waited))
+    log.info("waiting for the sync lock of %s: held by %s", instance, lock.describe(lease))
+    return None
+
+
+def release_lock(rc: RunContext) -> int:
+    """Free the sync lock this run holds, if any (commit, report, watcher: whichever comes first)."""
+    from d365.pipeline.lock import release
+
+    freed = release(rc.ledger_url, None, rc.run_id)
+    if freed:
+        log.info("sync lock released by run %s", rc.run_id)
+    return freed
 
 
 # -- preflight --------------------------------------------------------------------------------------
@@ -253,6 +321,7 @@ def extract_step(rc: RunContext) -> dict[str, Any]:
     instance = rc.instance
     ledger = Ledger(rc.ledger_url)
     try:
+        rc.hold_lock(ledger, "extract")  # never read the cursors without the lock
         cursors = Cursors(**ledger.cursors(instance))
         retry_ids = ledger.ids_in_state(instance, LeadState.FAILED)
     finally:
@@ -331,6 +400,7 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
     # previous full extract; incremental and manual runs have nothing to compare their size with.
     ledger = Ledger(rc.ledger_url)
     try:
+        rc.hold_lock(ledger, "transform")
         cursors = ledger.cursors(instance)
         previous = last_full_extract_rows(ledger, instance)
     finally:
@@ -424,6 +494,7 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
     needs = {int(r["applicant_id"]): r["options_needed"] for r in rows if r.get("options_needed")}
     ledger = Ledger(rc.ledger_url)
     try:
+        rc.hold_lock(ledger, "plan")
         failed = ledger.ids_in_state(instance, LeadState.FAILED)
         entries = ledger.entries(instance, [*(m.applicant_id for m in mapped), *skipped, *erased_ids, *failed])
     finally:
@@ -620,6 +691,7 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
     erasing = {op.applicant_id: op for op in ops if op.action in (ERASE, ERASED)}
     ledger = Ledger(rc.ledger_url)
     try:
+        version = rc.hold_lock(ledger, "commit")
         ids = [i for i in (_applicant_id(o.get("applicant_id")) for o in outcomes) if i is not None]
         entries = ledger.entries(instance, [*ids, *erasing])
         updates: list[LedgerUpdate] = []
@@ -635,7 +707,7 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
             ):
                 continue  # still withdrawn (or erased): keep that state and its reason
             updates.append(LedgerUpdate(aid, state, reason=o.get("reason")))
-        ledger.record(instance, updates, run_id=rc.run_id)
+        ledger.record(instance, updates, run_id=rc.run_id, version=version)
 
         # erasures: without a lead (no request) recorded now; with a lead done when the load says so
         done: dict[int, str] = {}
@@ -662,7 +734,7 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
                         "error": row.get("error") or "the erasure did not reach Dynamics; retried next run",
                     }
                 )
-        ledger.record(instance, fresh, run_id=rc.run_id)
+        ledger.record(instance, fresh, run_id=rc.run_id, version=version)
         by_reason: dict[str, list[int]] = {}
         for aid, reason in done.items():
             by_reason.setdefault(reason, []).append(aid)
@@ -671,7 +743,10 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
         if rc.requested_ids:
             cursors = ledger.cursors(instance)  # a manual send does not move the cursors
         else:
-            cursors = ledger.advance_cursors(instance, **meta.get("cursors", {}))
+            # only while this run still holds the lock, checked in the cursors' own transaction
+            cursors = ledger.advance_cursors(instance, fence=rc.lock_fence(), **meta.get("cursors", {}))
+    except LockLost as exc:
+        raise AirflowFailException(str(exc)) from None
     finally:
         ledger.dispose()
     scrubbed = 0
@@ -693,6 +768,7 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
         scrubbed,
         cursors,
     )
+    release_lock(rc)  # the cursors have moved: the next run of this instance may read them
     return {"cursors": cursors, "erased": len(done), "withdrawn": len(withdrawing)}
 
 
@@ -796,6 +872,7 @@ def report_step(rc: RunContext) -> dict[str, Any]:
         quarantine=quarantine,
     )
     report["durations_seconds"] = _durations(rc)
+    report["lock"] = rc.folder.read_json(LOCK)  # the sync lock: generation, how long this run waited, for whom
     rc.folder.write_json(REPORT, report)
     text = summary_text(report)
     for line in text.splitlines():

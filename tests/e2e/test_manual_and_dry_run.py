@@ -34,6 +34,10 @@ def instance_of(env: Any) -> str:
     return json.loads((latest_run(env) / "preflight.json").read_text())["instance"]
 
 
+def summary_instance(folder: Any) -> str:
+    return json.loads((folder / "preflight.json").read_text())["instance"]
+
+
 def ledger_rows(env: Any) -> dict[str, int]:
     """Row counts of every ledger table (entries, cursors, quality history)."""
     engine = sa.create_engine(env.ledger_url)
@@ -81,7 +85,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(sync_env: Any, tmp_path: Pat
     assert not (folder / "load" / "results.jsonl").exists()
     assert not (folder / "commit").exists()
     assert cursors(env) == {"applicant_id": 0, "journal_event_id": 0}
-    assert all(n == 0 for n in ledger_rows(env).values()), ledger_rows(env)
+    rows = ledger_rows(env)
+    assert rows.pop("d365_sync_lock") == 1  # the dry run took the sync lock (it read the cursors) ...
+    assert all(n == 0 for n in rows.values()), rows
+    lock_row = Ledger(env.ledger_url).lock_holder(summary_instance(folder))
+    assert lock_row is not None and lock_row.run_id is None  # ... and released it at its end
 
     # the real run afterwards creates what the dry run announced
     assert env.run().state == "success"

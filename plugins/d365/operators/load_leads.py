@@ -33,6 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
 
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
 from d365.pipeline.plan import ADOPT, CREATE, ERASE, PRIVACY_WRITES, WITHDRAW, WRITES, Operation
@@ -43,6 +44,8 @@ PLAN_FILE = "plan/operations.jsonl"
 PLAN_META = "plan/meta.json"
 RESULTS_FILE = "load/results.jsonl"
 STATS_FILE = "load/stats.json"
+LOCK_FILE = "lock.json"  # the run's sync lock (``d365.steps.lock_step``): its generation versions the ledger writes
+LOCK_RENEW_SECONDS = 30.0  # the lock is renewed (and checked) at most this often while batches complete
 # Plan operations checked against the ledger at a time (bounds memory while streaming the plan).
 PLAN_SLICE = 5000
 # An operation answered with one of these inside a $batch may succeed when sent again.
@@ -66,6 +69,7 @@ class LoadLeadsOperator(BaseOperator):
     :param throttle: throttle settings over the connection's extras, e.g. ``{"max_execution_ms": 1_200_000,
         "window_seconds": 300, "max_requests": 6000, "safety_margin": 0.95}`` (``d365.hooks.throttle``)
     :param batch_attempts: times a batch (or its transiently failed operations) is sent before giving up
+    :param require_lock: fail unless the run holds its instance's sync lock (``lock.json``; the DAG sets it)
     """
 
     template_fields: Sequence[str] = ("run_folder", "instance", "ledger_url")
@@ -82,6 +86,7 @@ class LoadLeadsOperator(BaseOperator):
         max_workers: int = 16,
         throttle: dict[str, Any] | None = None,
         batch_attempts: int = 4,
+        require_lock: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -94,6 +99,9 @@ class LoadLeadsOperator(BaseOperator):
         self.max_workers = max(1, int(max_workers))
         self.throttle = dict(throttle or {})
         self.batch_attempts = max(1, int(batch_attempts))
+        self.require_lock = require_lock
+        self._lock: dict[str, Any] | None = None
+        self._lock_checked = 0.0
 
     def get_hook(self) -> Any:
         from d365.hooks.dynamics import DynamicsHook
@@ -112,6 +120,10 @@ class LoadLeadsOperator(BaseOperator):
         counts = {"writes": 0, "skipped": 0, "batches": 0, "resent_batches": 0, "resent_operations": 0}
         started = time.monotonic()
         try:
+            self._lock = folder.read_json(LOCK_FILE)
+            if self._lock is None and self.require_lock:
+                raise AirflowFailException("load: this run did not take the sync lock (the lock task); stopping")
+            self._hold_lock(ledger, run_id, force=True)
             batches = self._pending_batches(ledger, folder, counts)
             first = next(batches, None)
             workers = 0
@@ -259,7 +271,8 @@ class LoadLeadsOperator(BaseOperator):
         if not chunk:
             return
         updates, rows = self._outcomes(chunk, results)
-        ledger.record(self.instance, updates, run_id=run_id)
+        version = int(self._lock["generation"]) if self._lock else None
+        ledger.record(self.instance, updates, run_id=run_id, version=version)
         for row in rows:
             results_fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str))
             results_fh.write("\n")
@@ -267,6 +280,22 @@ class LoadLeadsOperator(BaseOperator):
         counts["batches"] += 1
         failed = sum(r["outcome"] == "failed" for r in rows)
         self.log.info("batch %d: %d operations, %d failed", counts["batches"], len(chunk), failed)
+        self._hold_lock(ledger, run_id)
+
+    def _hold_lock(self, ledger: Ledger, run_id: str | None, *, force: bool = False) -> None:
+        """Renew the run's sync lock (at most every ``LOCK_RENEW_SECONDS``); stop the load if it was lost."""
+        if self._lock is None or run_id is None:
+            return
+        if not force and time.monotonic() - self._lock_checked < LOCK_RENEW_SECONDS:
+            return
+        from d365.pipeline.lock import LockLost, hold
+
+        lock = self._lock
+        try:
+            hold(ledger, lock["instance"], run_id, generation=lock["generation"], ttl=lock["ttl_seconds"], step="load")
+        except LockLost as exc:
+            raise AirflowFailException(str(exc)) from None
+        self._lock_checked = time.monotonic()
 
     def _not_done_yet(self, ledger: Ledger, writes: list[Operation]) -> list[Operation]:
         entries = ledger.entries(self.instance, [op.applicant_id for op in writes])

@@ -72,6 +72,10 @@ lock_table = sa.Table(
 )
 
 
+class LockLost(RuntimeError):
+    """The run no longer holds its instance's lock (``d365_sync_lock``): it must stop reading and writing."""
+
+
 @dataclass(frozen=True)
 class Lease:
     """The lock row of an instance as one caller saw it. ``held``: the caller's run holds it."""
@@ -162,13 +166,29 @@ class Ledger:
         values.update({name: int(value) for name, value in rows})
         return values
 
-    def advance_cursors(self, instance: str, **values: int) -> dict[str, int]:
-        """Move cursors forward (never back), after the load has committed."""
+    def advance_cursors(self, instance: str, *, fence: tuple[str, int] | None = None, **values: int) -> dict[str, int]:
+        """Move cursors forward (never back), after the load has committed.
+
+        ``fence`` = (run id, lock generation): the cursors move only if that run still holds the instance's
+        lock, checked in the same transaction (the lock row stays locked until it commits), else ``LockLost``."""
         unknown = set(values) - set(self.CURSOR_NAMES)
         if unknown:
             raise ValueError(f"unknown cursors: {sorted(unknown)}")
         now = _now()
         with self.engine.begin() as conn:
+            if fence is not None:
+                lc = lock_table.c
+                touched = conn.execute(
+                    sa.update(lock_table)
+                    .where(lc.instance == instance, lc.run_id == fence[0], lc.generation == int(fence[1]))
+                    .values(renewed_ms=_now_ms())
+                )
+                if _rowcount(touched, 0) != 1:
+                    holder = self._lease(conn, instance, fence[0])
+                    raise LockLost(
+                        f"run {fence[0]} (lock generation {fence[1]}) no longer holds the lock of {instance} "
+                        f"(now: run {holder.run_id}, generation {holder.generation}): the cursors do not move"
+                    )
             for name, value in values.items():
                 insert = self._insert(cursor_table).values(
                     instance=instance, name=name, value=int(value), updated_at=now

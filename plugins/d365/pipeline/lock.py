@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from d365.pipeline.ledger import Lease, Ledger, default_ledger_url
+from d365.pipeline.ledger import Lease, Ledger, LockLost, default_ledger_url
 
 TTL_ENV = "D365_SYNC_LOCK_TTL_SECONDS"
 WAIT_ENV = "D365_SYNC_LOCK_WAIT_SECONDS"
@@ -35,14 +35,7 @@ DEFAULT_TTL_SECONDS = 6 * 3600.0  # used when the DAG has no dagrun_timeout
 DEFAULT_WAIT_SECONDS = 3600.0
 DEFAULT_POKE_SECONDS = 30.0
 RELEASE_COMMAND = "python -m d365.pipeline.lock release --instance"
-
-
-class LockLost(RuntimeError):
-    """This run no longer holds its instance's lease: it stops before reading or writing anything more."""
-
-
-class LockBusy(RuntimeError):
-    """Another run held the lease for longer than this run may wait."""
+__all__ = ["LockLost", "acquire", "describe", "hold", "poke_seconds", "release", "ttl_seconds", "wait_seconds"]
 
 
 def _seconds(env: str, default: float) -> float:
