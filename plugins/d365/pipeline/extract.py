@@ -31,6 +31,15 @@ Request budget: requests grow with *pages*, never with applicants.
 Cursors are *returned*, never saved: the caller stores them after the load commits, so a failed load
 replays the same changes next run. The journal keeps only 6 months of events: a cursor older than that
 silently misses changes; run a ``full_resync`` after a long outage.
+
+A cursor never moves past a read that failed. Every answer is shape-checked by the hook (a 200 with an HTML
+page, an error object or a cut body is an error, retried and then raised, never "no data"), so a failed read
+fails the extract and nothing moves. Applicants the journal names (or new ones the ID scan should have
+returned) that still could not be read — a range request that failed after the hook's retries, an ID missing
+from the answer, a record without a usable ID — are *carried*: returned in ``ExtractResult.carried`` for the
+caller to keep (the ledger's ``d365_sync_carried``, saved with the cursors) and passed back as ``carried`` next
+run, where they are fetched with the first ranges. An ID that turns up in /purged-resources is not carried
+(DreamApply removed the applicant; erasures are handled from that list).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from d365.hooks.errors import ApiError
 from d365.pipeline.records import (
     AcademicTerm,
     ApplicantRecord,
@@ -72,8 +82,10 @@ class ExtractResult:
     applicants: list[ApplicantRecord]  # normalised, each with reason new/changed/requested/resync
     catalog: Catalog
     cursors: Cursors  # what to save AFTER the load commits (never saved by extract)
-    counts: dict[str, int]  # new, changed, requested, resync, journal_events, requests, ...
+    counts: dict[str, int]  # new, changed, requested, resync, journal_events, requests, carried, ...
     erased_applicant_ids: list[int] = field(default_factory=list)  # purged with request_to_be_forgotten
+    carried: list[int] = field(default_factory=list)  # named by the journal but not read: keep for next run
+    carried_read: list[int] = field(default_factory=list)  # carried from earlier runs, read (or purged) now
 
 
 # -- small wire helpers -----------------------------------------------------------------------
@@ -192,27 +204,51 @@ def _association(client: Any, value: Any) -> Mapping[str, Any]:
 
 
 def normalise_applicant(
-    raw: Mapping[str, Any], catalog: Catalog, applications: list[ApplicationRecord], reason: str, client: Any = None
+    raw: Any, catalog: Catalog, applications: list[ApplicationRecord], reason: str, client: Any = None
 ) -> ApplicantRecord:
-    name = raw.get("name") or {}
-    consents: dict[str, str] = {}
-    for key, item in _association(client, raw.get("consents")).items():
-        if not isinstance(item, Mapping):
-            continue
-        cid = link_id(item.get("consent")) or (int(key) if str(key).isdigit() else None)
-        decision = item.get("decision")
-        if cid is not None and decision in ("Accept", "Reject"):
-            consents[str(cid)] = decision
-    tracker_ids: list[int] = []
-    for key, item in _association(client, raw.get("trackers")).items():
-        tid = link_id(item.get("tracker")) if isinstance(item, Mapping) else None
-        if tid is None and str(key).isdigit():
-            tid = int(key)
-        if tid is not None and tid not in tracker_ids:
-            tracker_ids.append(tid)
-    codes = [catalog["trackers"][str(t)] for t in tracker_ids if catalog["trackers"].get(str(t))]
-    return ApplicantRecord(
-        applicant_id=int(raw["id"]),
+    """One wire record → an ``ApplicantRecord``. Never raises on data (only a fetch through ``client`` can):
+    a record of the wrong shape (not an object, an id that is not an integer, a name that is not an object,
+    consents or trackers that are not ID-keyed objects, a malformed application) comes back with
+    ``malformed`` notes that name the key and what it held, never a value, and ``applicant_id`` None when the
+    id cannot be read; the quality step quarantines it per row. Scalars of the wrong type (an e-mail given
+    as a number) are kept as they are: they are field issues for the quality step."""
+    notes: list[str] = []
+    if not isinstance(raw, Mapping):
+        return _malformed_applicant(None, reason, [f"record: {_shape(raw)} instead of an object"], applications)
+    applicant_id = _whole(raw.get("id"))
+    if applicant_id is None:
+        notes.append(f"id: {_shape(raw.get('id'))} instead of a positive integer")
+    name = raw.get("name")
+    if name is None:
+        name = {}
+    elif not isinstance(name, Mapping):
+        notes.append(f"name: {_shape(name)} instead of an object")
+        name = {}
+    consent_map = _id_keyed(client, raw.get("consents"), "consents", notes)
+    tracker_map = _id_keyed(client, raw.get("trackers"), "trackers", notes)
+    try:
+        consents: dict[str, str] = {}
+        for key, item in consent_map.items():
+            if not isinstance(item, Mapping):
+                continue
+            cid = link_id(item.get("consent")) or (int(key) if str(key).isdigit() else None)
+            decision = item.get("decision")
+            if cid is not None and decision in ("Accept", "Reject"):
+                consents[str(cid)] = decision
+        tracker_ids: list[int] = []
+        for key, item in tracker_map.items():
+            tid = link_id(item.get("tracker")) if isinstance(item, Mapping) else None
+            if tid is None and str(key).isdigit():
+                tid = int(key)
+            if tid is not None and tid not in tracker_ids:
+                tracker_ids.append(tid)
+        known = catalog.get("trackers") if isinstance(catalog, Mapping) else None
+        known = known if isinstance(known, Mapping) else {}
+        codes = [known[str(t)] for t in tracker_ids if isinstance(known.get(str(t)), str) and known[str(t)]]
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:  # never raise on data
+        return _malformed_applicant(applicant_id, reason, [*notes, f"record: unreadable ({type(exc).__name__})"], [])
+    record = ApplicantRecord(
+        applicant_id=applicant_id,
         type=raw.get("type"),
         registered=raw.get("registered"),
         name_full=name.get("full"),
@@ -227,59 +263,158 @@ def normalise_applicant(
         consents=consents,
         tracker_ids=tracker_ids,
         tracker_codes=codes,
-        applications=sorted(applications, key=lambda a: a["id"]),
+        applications=_sorted_applications(applications),
         reason=reason,
+    )
+    if notes:
+        record["malformed"] = notes
+    return record
+
+
+def _shape(value: Any) -> str:
+    """What a value is, never what it says (malformed notes reach quarantine files and the report)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a yes/no value"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _whole(value: Any) -> int | None:
+    """A positive integer id (an int, or a digit string); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) < 19:
+        return int(value.strip()) or None
+    return None
+
+
+def _id_keyed(client: Any, value: Any, key: str, notes: list[str]) -> Mapping[str, Any]:
+    """An expanded association (ID-keyed object); null or an empty list (PHP's empty array) is empty; a link
+    is fetched (``_association``); anything else is noted as malformed and read as empty."""
+    if value is None or value == []:
+        return {}
+    if isinstance(value, Mapping) or (isinstance(value, str) and client is not None):
+        found = _association(client, value)
+        if isinstance(found, Mapping):
+            return found
+        notes.append(f"{key}: the linked collection is {_shape(found)}, not an object")
+        return {}
+    notes.append(f"{key}: {_shape(value)} instead of an object")
+    return {}
+
+
+def _sorted_applications(applications: Any) -> list[ApplicationRecord]:
+    if not isinstance(applications, list):
+        return []
+    return sorted(applications, key=lambda a: (not isinstance(a.get("id"), int), a.get("id") or 0))
+
+
+def _malformed_applicant(
+    applicant_id: int | None, reason: str, notes: list[str], applications: Any
+) -> ApplicantRecord:
+    return ApplicantRecord(
+        applicant_id=applicant_id,  # type: ignore[typeddict-item]
+        type=None,
+        registered=None,
+        name_full=None,
+        name_given=None,
+        name_middle=None,
+        name_family=None,
+        email=None,
+        phone=None,
+        citizenship=None,
+        reference=None,
+        matriculation=None,
+        consents={},
+        tracker_ids=[],
+        tracker_codes=[],
+        applications=_sorted_applications(applications),
+        reason=reason,
+        malformed=notes,
     )
 
 
-def normalise_application(raw: Mapping[str, Any], catalog: Catalog, client: Any = None) -> ApplicationRecord:
+def normalise_application(raw: Any, catalog: Catalog, client: Any = None) -> ApplicationRecord:
+    """One wire application → an ``ApplicationRecord``. Never raises on data: a wrong shape (not an object,
+    an id that is not an integer, courses or offers that are not ID-keyed objects) is noted in
+    ``malformed`` (value-free), which makes the applicant's record malformed for the quality step."""
+    notes: list[str] = []
+    if not isinstance(raw, Mapping):
+        raw, notes = {}, [f"application: {_shape(raw)} instead of an object"]
+    app_id = _whole(raw.get("id"))
+    if app_id is None and not notes:
+        notes.append(f"application id: {_shape(raw.get('id'))} instead of a positive integer")
+    course_map = _id_keyed(client, raw.get("courses"), "courses", notes)
+    offer_map = _id_keyed(client, raw.get("offers"), "offers", notes)
+    offer_types = catalog.get("offer_types") if isinstance(catalog, Mapping) else None
+    offer_types = offer_types if isinstance(offer_types, Mapping) else {}
     courses: list[CourseChoice] = []
-    for key, item in _association(client, raw.get("courses")).items():
-        if not isinstance(item, Mapping):
-            continue
-        cid = link_id(item.get("course")) or (int(key) if str(key).isdigit() else None)
-        if cid is None:
-            continue
-        prio = item.get("priority")
-        courses.append(
-            CourseChoice(
-                course_id=cid,
-                priority=int(prio) if isinstance(prio, (int, str)) and str(prio).isdigit() else None,
-                intake_id=link_id(item.get("intake")),
-            )
-        )
-    courses.sort(key=lambda c: (c["priority"] is None, c["priority"] or 0, c["course_id"]))
     offers: list[OfferRecord] = []
-    for key, item in _association(client, raw.get("offers")).items():
-        if not isinstance(item, Mapping):
-            continue
-        oid = _key_id(str(key), item)
-        if oid is None:
-            continue
-        type_id = link_id(item.get("type"))
-        offers.append(
-            OfferRecord(
-                id=oid,
-                course_id=link_id(item.get("course")),
-                type_id=type_id,
-                type_title=catalog["offer_types"].get(str(type_id)) if type_id is not None else None,
-                decision=item.get("decision"),
-                inserted=item.get("inserted"),
-                saved=item.get("saved"),
-                confirmed=item.get("confirmed"),
+    term_id: int | None = None
+    try:
+        term_id = link_id(raw.get("academic_term"))
+        for key, item in course_map.items():
+            if not isinstance(item, Mapping):
+                continue
+            cid = link_id(item.get("course")) or (int(key) if str(key).isdigit() else None)
+            if cid is None:
+                continue
+            prio = item.get("priority")
+            courses.append(
+                CourseChoice(
+                    course_id=cid,
+                    priority=int(prio) if isinstance(prio, (int, str)) and str(prio).isdigit() else None,
+                    intake_id=link_id(item.get("intake")),
+                )
             )
-        )
-    offers.sort(key=lambda o: o["id"])
-    return ApplicationRecord(
-        id=int(raw["id"]),
+        courses.sort(key=lambda c: (c["priority"] is None, c["priority"] or 0, c["course_id"]))
+        for key, item in offer_map.items():
+            if not isinstance(item, Mapping):
+                continue
+            oid = _key_id(str(key), item)
+            if oid is None:
+                continue
+            type_id = link_id(item.get("type"))
+            offers.append(
+                OfferRecord(
+                    id=oid,
+                    course_id=link_id(item.get("course")),
+                    type_id=type_id,
+                    type_title=offer_types.get(str(type_id)) if type_id is not None else None,
+                    decision=item.get("decision"),
+                    inserted=item.get("inserted"),
+                    saved=item.get("saved"),
+                    confirmed=item.get("confirmed"),
+                )
+            )
+        offers.sort(key=lambda o: o["id"])
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:  # never raise on data
+        notes.append(f"application: unreadable ({type(exc).__name__})")
+        courses, offers = [], []
+    record = ApplicationRecord(
+        id=app_id,  # type: ignore[typeddict-item]
         status=raw.get("status"),
         created=raw.get("created"),
         revised=raw.get("revised"),
         submitted=raw.get("submitted"),
-        academic_term_id=link_id(raw.get("academic_term")),
+        academic_term_id=term_id,
         courses=courses,
         offers=offers,
     )
+    if notes:
+        record["malformed"] = notes
+    return record
 
 
 # -- fetching ---------------------------------------------------------------------------------
@@ -291,6 +426,7 @@ class _Run:
         self.page_size = page_size
         self.raw: dict[int, Mapping[str, Any]] = {}  # applicant id -> wire record
         self.reason: dict[int, str] = {}
+        self.unread: set[int] = set()  # wanted, but their range request failed after the hook's retries
 
     def scan_applicants(self, since: int, reason: str) -> int:
         """Every applicant from ``since`` on (keyset); returns the highest ID seen (0 if none)."""
@@ -300,6 +436,7 @@ class _Run:
             for key, item in page.items():
                 aid = _key_id(key, item)
                 if aid is None:
+                    log.warning("an applicant record without a usable id (%d characters of key) was skipped", len(key))
                     continue
                 top = max(top, aid)
                 if aid not in self.raw:
@@ -307,17 +444,32 @@ class _Run:
                     self.reason[aid] = reason
         return top
 
-    def fetch_ids(self, ids: Iterable[int], reason: str) -> None:
-        """Just these applicants, by ID ranges (never one request per applicant)."""
+    def fetch_ids(self, ids: Iterable[int], reason: str, *, carry_failures: bool = False) -> None:
+        """Just these applicants, by ID ranges (never one request per applicant).
+
+        ``carry_failures``: a range whose request still fails after the hook's retries (a retryable error:
+        5xx, network, a lying 200) leaves its IDs in ``unread`` and the other ranges go on; anything else
+        (authentication, a bad request) is raised."""
         wanted = {i for i in ids if i not in self.raw}
         for lo, hi in _ranges(wanted, self.page_size):
             params = {"bySince": lo, "byUntil": hi, "expand": APPLICANT_EXPAND}
-            for page in self.client.iter_collection_pages("/applicants", params, self.page_size):
-                for key, item in page.items():
-                    aid = _key_id(key, item)
-                    if aid in wanted and aid not in self.raw:
-                        self.raw[aid] = item
-                        self.reason[aid] = reason
+            found: dict[int, Mapping[str, Any]] = {}
+            try:
+                for page in self.client.iter_collection_pages("/applicants", params, self.page_size):
+                    for key, item in page.items():
+                        aid = _key_id(key, item)
+                        if aid in wanted and aid not in self.raw:
+                            found[aid] = item
+            except ApiError as exc:
+                if not (carry_failures and exc.retryable):
+                    raise
+                ids_in_range = {i for i in wanted if lo <= i <= hi}
+                log.warning("applicants %d..%d not read (%s): carried to the next run", lo, hi, exc.describe())
+                self.unread |= ids_in_range
+                continue
+            for aid, item in found.items():
+                self.raw[aid] = item
+                self.reason[aid] = reason
 
     def _application_params(self) -> dict[str, Any]:
         return {"byAcademicYears": self.years, "expand": APPLICATION_EXPAND}
@@ -394,10 +546,11 @@ def _applicants_of_applications(client: Any, app_ids: set[int], years: list[int]
     return out
 
 
-def _erased(client: Any) -> tuple[list[int], int]:
-    """Applicant IDs purged with ``request_to_be_forgotten`` (all of them: the ledger decides what is new)."""
+def _erased(client: Any) -> tuple[list[int], set[int]]:
+    """Applicant IDs purged with ``request_to_be_forgotten`` (all of them: the ledger decides what is new),
+    and every purged applicant ID (those are gone from DreamApply: never carried)."""
     forgotten: set[int] = set()
-    purged = 0
+    purged: set[int] = set()
     for page in client.iter_paginated("/purged-resources"):
         for key, item in page.items():
             if str(item.get("type", "")).lower() != "applicant":
@@ -405,7 +558,7 @@ def _erased(client: Any) -> tuple[list[int], int]:
             pid = _key_id(key, item)
             if pid is None:
                 continue
-            purged += 1
+            purged.add(pid)
             if item.get("request_to_be_forgotten"):
                 forgotten.add(pid)
     return sorted(forgotten), purged
@@ -422,20 +575,27 @@ def extract(
     include_new: bool = True,
     include_changes: bool = True,
     page_size: int = 8192,
+    carried: Iterable[int] = (),
 ) -> ExtractResult:
     """Fetch what changed since ``cursors`` (or everything, or just ``applicant_ids``), normalised.
 
-    - ``applicant_ids``: only those, reason ``requested``; no journal; cursors returned unchanged.
+    - ``applicant_ids``: only those, reason ``requested``; no journal; cursors returned unchanged; ``carried``
+      is left as it is (returned unchanged).
     - ``full_resync`` or a first run (both cursors 0, ``include_new``): every applicant, reason
       ``resync``/``new``; the returned cursors are the newest journal event (read first) and the highest
       applicant ID seen.
     - otherwise: new applicants (``include_new``) and applicants named by journal events of
-      ``event_names`` (``include_changes``), reasons ``new``/``changed``.
+      ``event_names`` (``include_changes``), reasons ``new``/``changed``; ``carried`` (IDs earlier runs could
+      not read) are fetched with the first ranges, reason ``carried``.
+
+    ``ExtractResult.carried``: wanted IDs that could not be read this run (see the module docstring), for the
+    caller to save with the cursors; ``carried_read``: the ``carried`` IDs that no longer need carrying.
     """
     if not 1 <= page_size <= 8192:
         raise ValueError("page_size must be between 1 and 8192 (DreamApply's cap with expand)")
     if applicant_ids is None and include_changes and not event_names:
         raise ValueError("event_names is required (DreamApply's journal needs byEvents)")
+    earlier = sorted({int(i) for i in carried})
     requests_before = _requests(client)
     catalog, years = load_catalog(client)
     run = _Run(client, catalog, years, page_size)
@@ -443,11 +603,14 @@ def extract(
     new_cursors = Cursors(cursors.applicant_id, cursors.journal_event_id)
     erased: list[int] = []
     read_purges = False
+    wanted: set[int] = set()  # IDs this run must read (journal-named, carried, new by the scan): else carried
+    deleted: set[int] = set()
 
     if applicant_ids is not None:
         run.fetch_ids(applicant_ids, "requested")
         apps = run.applications_of_fetched()
         counts["requested_missing"] = len(set(applicant_ids) - set(run.raw))
+        wanted = set(earlier)  # untouched by a manual send: carried as they were (unless read now)
     elif full_resync or (include_new and cursors.applicant_id == 0 and cursors.journal_event_id == 0):
         reason = "resync" if full_resync else "new"
         newest = _newest_event_id(client, event_names) if event_names else None
@@ -458,6 +621,7 @@ def extract(
             journal_event_id=newest if newest is not None else cursors.journal_event_id,
         )
         read_purges = True
+        wanted = set(earlier)  # a full scan reads whatever still exists
     else:
         changed: set[int] = set()
         if include_changes:
@@ -465,7 +629,6 @@ def extract(
             counts["journal_events"] = len(events)
             new_cursors.journal_event_id = top_event
             orphan_apps: set[int] = set()
-            deleted: set[int] = set()
             for ev in events:
                 aid = link_id(ev.get("applicant"))
                 if aid is not None:
@@ -477,16 +640,32 @@ def extract(
             changed |= _applicants_of_applications(client, orphan_apps, years, page_size)
             changed -= deleted  # IDs are never reused: a deleted applicant cannot be fetched any more
             read_purges = DELETED_EVENT not in event_names or any(ev.get("event") == DELETED_EVENT for ev in events)
+            run.fetch_ids(set(earlier) - deleted, "carried", carry_failures=True)  # carried first
+        wanted = (changed | set(earlier)) - deleted
         if include_new:
             top = run.scan_applicants(cursors.applicant_id + 1, "new")
             new_cursors.applicant_id = max(cursors.applicant_id, top)
             # IDs above the old cursor were all covered by the scan (the journal was read first).
             changed = {i for i in changed if i <= cursors.applicant_id}
-        run.fetch_ids(changed, "changed")
+        run.fetch_ids(changed, "changed", carry_failures=True)
         apps = run.applications_of_fetched()
 
-    if read_purges:
-        erased, counts["purged_applicants"] = _erased(client)
+    missing = wanted - set(run.raw)
+    purged: set[int] = set()
+    if read_purges or (missing and applicant_ids is None):  # an unread ID may be purged: that one is not carried
+        erased, purged = _erased(client)
+        counts["purged_applicants"] = len(purged)
+    carry = sorted(missing - purged)
+    if carry:
+        log.warning(
+            "%d applicants named by the journal could not be read (%d after failed requests): carried to the next "
+            "run: %s",
+            len(carry),
+            len(run.unread & set(carry)),
+            carry[:50],
+        )
+    counts["carried"] = len(carry)
+    counts["carried_read"] = len(set(earlier) - set(carry))
     applicants = run.records(apps)
     for rec in applicants:
         counts[rec["reason"]] = counts.get(rec["reason"], 0) + 1
@@ -499,6 +678,8 @@ def extract(
         cursors=new_cursors,
         counts=counts,
         erased_applicant_ids=erased,
+        carried=carry,
+        carried_read=sorted(set(earlier) - set(carry)),
     )
 
 

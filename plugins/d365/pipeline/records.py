@@ -1,8 +1,9 @@
 """The normalised shapes that flow between pipeline steps (extract → quality → mapping → plan → load).
 
 DreamApply's wire format (ID-keyed objects, link strings, hyphenated offer keys) is flattened once, in
-extract, into these plain dicts; every later step reads only these keys. All values are JSON-safe so a
-record round-trips through the run folder's files unchanged.
+extract, into these plain dicts; every later step reads only these keys. A wire record of the wrong shape is
+never raised on: it becomes a record with ``malformed`` notes that the quality step can report per row.
+All values are JSON-safe so a record round-trips through the run folder's files unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class OfferRecord(TypedDict):
 
 
 class ApplicationRecord(TypedDict):
-    id: int
+    id: int  # None only in a malformed record (see ``malformed``)
     status: str | None  # open set: Prepare, Draft, Submitted, Reopened, Withdrawn, Closed, ...
     created: str | None
     revised: str | None
@@ -36,10 +37,13 @@ class ApplicationRecord(TypedDict):
     academic_term_id: int | None
     courses: list[CourseChoice]
     offers: list[OfferRecord]
+    # what extract could not read in the wire record (value-free notes, e.g. "courses: a list instead of an
+    # object"): the applicant's record is then malformed and the quality step quarantines it
+    malformed: NotRequired[list[str]]
 
 
 class ApplicantRecord(TypedDict):
-    applicant_id: int
+    applicant_id: int  # None only in a malformed record whose id is not a positive integer
     type: str | None  # Natural, Child, Legal
     registered: str | None
     name_full: str | None
@@ -59,6 +63,10 @@ class ApplicantRecord(TypedDict):
     applications: list[ApplicationRecord]
     # why extract fetched this applicant: "new", "changed", "requested" (manual send) or "resync"
     reason: NotRequired[str]
+    # what extract could not read in the wire record, as value-free notes ("name: text instead of an
+    # object", "id: text instead of a positive integer"); absent when the record has the documented shape.
+    # The quality step quarantines such a record per row (reason "record: malformed (...)"), before consent.
+    malformed: NotRequired[list[str]]
 
 
 class AcademicTerm(TypedDict):
