@@ -147,10 +147,14 @@ class MetadataApi:
                 raise errors.resource_not_found(segments[1].text)
             if req.method != "GET":
                 raise errors.method_not_allowed(req.method)
-            entity = self._entity(req, None)
+            # $filter sees every property; $select trims the rows that matched.
+            entity = self._entity(req, None, select=False)
             rows = _filter(
                 [entity], req.query.get("$filter"), "Microsoft.Dynamics.CRM.EntityMetadata", ENTITY_PROPERTIES
             )
+            names = odata.parse_list(req.query["$select"]) if req.query.get("$select") else None
+            keep = ("MetadataId", "Attributes", "Keys")
+            rows = [_select(row, names, keep) for row in rows]
             sel = req.query.get("$select")
             ctx = "EntityDefinitions" + (f"({sel})" if sel else "")
             return self.service.json_response(200, {"@odata.context": self.context(ctx), "value": rows})
@@ -179,10 +183,10 @@ class MetadataApi:
         name = value.get("LogicalName") if isinstance(value, dict) else value
         raise errors.ODataError(404, errors.OBJECT_DOES_NOT_EXIST, f"Could not find entity with name '{name}'.")
 
-    def _entity(self, req: Request, _unused: Any) -> dict[str, Any]:
+    def _entity(self, req: Request, _unused: Any, select: bool = True) -> dict[str, Any]:
         names = odata.parse_list(req.query["$select"]) if req.query.get("$select") else None
         _check_select(names, ENTITY_PROPERTIES, "Microsoft.Dynamics.CRM.EntityMetadata")
-        body = _select(self.meta.entity_json(), names)
+        body = _select(self.meta.entity_json(), names if select else None)
         expand = odata.parse_expand(req.query.get("$expand", ""))
         for name, opts in expand.items():
             if name == "Attributes":

@@ -231,3 +231,10 @@ def test_entity_definitions_carry_is_private_and_table_type(api: WebApi) -> None
     [lead] = r.json()["value"]
     assert (lead["LogicalName"], lead["IsPrivate"], lead["TableType"]) == ("lead", False, "Standard")
     assert api.get("EntityDefinitions", params={"$filter": "IsPrivate eq true"}).json()["value"] == []
+
+
+def test_entity_definitions_filter_on_a_property_left_out_by_select(api: WebApi) -> None:
+    r = api.get("EntityDefinitions", params={"$filter": "IsPrivate eq false", "$select": "LogicalName"})
+    assert r.status_code == 200, r.text
+    assert [row["LogicalName"] for row in r.json()["value"]] == ["lead"]
+    assert set(r.json()["value"][0]) == {"LogicalName", "MetadataId"}
