@@ -90,6 +90,20 @@ def test_attributes_filter_and_order(api: WebApi, cohort: Any) -> None:
             lambda r: r["lastname"] == "O'Hara",
         ),
         ("<condition attribute='lastname' operator='ends-with' value='NES' />", lambda r: r["lastname"] == "Jones"),
+        (
+            "<condition attribute='lastname' operator='not-begin-with' value='s' />",
+            lambda r: r["lastname"] is not None and r["lastname"] != "Smith",
+        ),
+        (
+            "<condition attribute='lastname' operator='not-end-with' value='a' />",
+            lambda r: r["lastname"] is not None and r["lastname"] != "O'Hara",
+        ),
+        ("<condition attribute='lastname' operator='neq' value='jones' />", lambda r: r["lastname"] != "Jones"),
+        (
+            "<condition attribute='numberofemployees' operator='ge' value='20' />",
+            lambda r: r["numberofemployees"] >= 20,
+        ),
+        ("<condition attribute='numberofemployees' operator='lt' value='3' />", lambda r: r["numberofemployees"] < 3),
         ("<condition attribute='lastname' operator='null' />", lambda r: r["lastname"] is None),
         ("<condition attribute='lastname' operator='not-null' />", lambda r: r["lastname"] is not None),
         ("<condition attribute='lastname' operator='ne' value='Smith' />", lambda r: r["lastname"] != "Smith"),
