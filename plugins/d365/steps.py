@@ -18,7 +18,17 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from d365.hooks.errors import ApiError
 from d365.pipeline.identity import instance_key
-from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, LockLost, default_ledger_url
+from d365.pipeline.ledger import (
+    LeadState,
+    Ledger,
+    LedgerUpdate,
+    LockLost,
+    carried_ids,
+    default_ledger_url,
+    park_failing,
+    parked_records,
+    save_carried,
+)
 from d365.pipeline.owners import OwnerIds
 from d365.pipeline.plan import (
     ERASE,
@@ -54,6 +64,8 @@ REPORT = "report.json"
 TIMINGS = "timings.jsonl"
 PLAN_DRY_RUN = "plan/dry_run.json"  # a dry run's plan summary (what would be written)
 LOCK = "lock.json"  # the sync lock this run holds: generation, ttl, how long it waited and for whom
+PLAN_PARKED = "plan/parked.json"  # parked applicants this run held back (not sent: d365.parking)
+COMMIT_PARKED = "commit/parked.json"  # applicants parked by this run's commit, and how many are parked now
 LOCK_WAITS = "lock/waits.jsonl"  # one line per look at the lock that found another run holding it
 
 # Lookups of existing leads go in chunks small enough for a GET URL (values are escaped and encoded).
@@ -324,6 +336,9 @@ def extract_step(rc: RunContext) -> dict[str, Any]:
         rc.hold_lock(ledger, "extract")  # never read the cursors without the lock
         cursors = Cursors(**ledger.cursors(instance))
         retry_ids = ledger.ids_in_state(instance, LeadState.FAILED)
+        parked = {r.applicant_id for r in parked_records(ledger, instance)}
+        retry_ids = [i for i in retry_ids if i not in parked]  # parked: not retried until a person releases them
+        carried = sorted(carried_ids(ledger, instance))  # named by the journal, not read by an earlier run
     finally:
         ledger.dispose()
     hook = DreamApplyHook(s.dreamapply.connection_id)
@@ -346,9 +361,11 @@ def extract_step(rc: RunContext) -> dict[str, Any]:
                 f"no applicant has tracker codes {rc.tracker_codes} or academic terms {rc.academic_term_ids}"
             )
     if requested:
-        result = extract(hook, cursors, event_names=events, applicant_ids=requested, page_size=page)
+        result = extract(hook, cursors, event_names=events, applicant_ids=requested, page_size=page, carried=carried)
     else:
-        result = extract(hook, cursors, event_names=events, full_resync=rc.full_resync, page_size=page)
+        result = extract(
+            hook, cursors, event_names=events, full_resync=rc.full_resync, page_size=page, carried=carried
+        )
         seen = {a["applicant_id"] for a in result.applicants}
         missing = [i for i in retry_ids if i not in seen]
         if missing:
@@ -370,6 +387,9 @@ def extract_step(rc: RunContext) -> dict[str, Any]:
             "counts": counts,
             "requested": requested,
             "erased_applicant_ids": result.erased_applicant_ids,
+            # saved by the commit with the cursors: not read now, fetched first next run / no longer carried
+            "carried": result.carried,
+            "carried_read": result.carried_read,
         },
     )
     log.info("extracted %d applicants (%s)", n, counts)
@@ -497,10 +517,18 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
         rc.hold_lock(ledger, "plan")
         failed = ledger.ids_in_state(instance, LeadState.FAILED)
         entries = ledger.entries(instance, [*(m.applicant_id for m in mapped), *skipped, *erased_ids, *failed])
+        parked = {r.applicant_id for r in parked_records(ledger, instance)}
     finally:
         ledger.dispose()
     erased_ids |= set(pending_erasures({i: entries[i] for i in failed if i in entries}))
     mapped = [m for m in mapped if m.applicant_id not in erased_ids]
+    # parked (failed parking.max_failed_runs runs in a row): not sent again, not even when the applicant changed or
+    # a manual send names them, until released (python -m d365.parking release); privacy actions still go
+    held = sorted(m.applicant_id for m in mapped if m.applicant_id in parked)
+    if held:
+        mapped = [m for m in mapped if m.applicant_id not in parked]
+        log.warning("plan: %d parked applicants held back (python -m d365.parking): %s", len(held), held[:50])
+    rc.folder.write_json(PLAN_PARKED, {"held": held})
     dyn: Any = None
     options_meta: dict[str, Any] = {}
     if rc.dry_run and any(m.applicant_id in needs for m in mapped):  # reported as "would add", nothing inserted
@@ -642,6 +670,15 @@ def _lookup_existing(
     by_key: dict[str, ExistingLead],
     by_email: dict[str, list[ExistingLead]],
 ) -> int:
+    """Existing leads of applicants the ledger cannot name, by alternate key and by e-mail, before any create.
+
+    A failed lookup never turns into a create: every error propagates (the hook has already retried what is
+    transient; the task fails and its retry asks again), an answer that is not a collection is a
+    ``DynamicsMalformedAnswer`` from the hook, and a row without a lead id or with a non-text key or e-mail
+    is one here, never "no existing lead". Messages carry the path, never the ``$filter`` values."""
+    from d365.hooks.dynamics import GUID_RE
+    from d365.hooks.errors import DynamicsMalformedAnswer
+
     key_col = s.dynamics.alternate_key
     email_column = s.dedupe.email_column
     select = [primary_id, email_column, "createdon", *([key_col] if key_col else [])]
@@ -657,6 +694,18 @@ def _lookup_existing(
             yield from dyn.query(entity_set, select=select, filter=flt)
 
     def existing(row: Mapping[str, Any]) -> ExistingLead:
+        lead_id = row.get(primary_id)
+        texts = [row.get(email_column), *([row.get(key_col)] if key_col else [])]
+        if not (isinstance(lead_id, str) and GUID_RE.match(lead_id)) or any(
+            v is not None and not isinstance(v, str) for v in texts
+        ):
+            raise DynamicsMalformedAnswer(
+                f"a lead lookup row without a lead id ({primary_id}) or with a non-text {email_column}/{key_col}",
+                status=200,
+                code="WrongShape",
+                method="GET",
+                path=f"/api/data/v9.2/{entity_set}",
+            )
         return ExistingLead(
             lead_id=row[primary_id],
             applicant_key=(row.get(key_col) if key_col else None),
@@ -740,6 +789,11 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
             by_reason.setdefault(reason, []).append(aid)
         for reason, group in by_reason.items():
             ledger.scrub(instance, group, reason=reason)
+        if "carried" in meta:  # before the cursors move: the journal events of these are behind the cursor
+            save_carried(ledger, instance, meta["carried"], meta.get("carried_read") or [], run_id=rc.run_id)
+        # records that failed parking.max_failed_runs runs in a row are parked for a person (d365.parking)
+        newly_parked = park_failing(ledger, instance, rc.settings.parking.max_failed_runs, run_id=rc.run_id)
+        parked_now = len(parked_records(ledger, instance))
         if rc.requested_ids:
             cursors = ledger.cursors(instance)  # a manual send does not move the cursors
         else:
@@ -759,6 +813,15 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
         if not rc.folder.url.startswith(root.rstrip("/") + "/"):
             scrubbed += scrub_run_files(rc.folder.url, erasing, personal_keys=keys)
     rc.folder.write_json(COMMIT_PRIVACY, {"erased": len(done), "erase_failures": failures, "scrubbed": scrubbed})
+    rc.folder.write_json(COMMIT_PARKED, {"newly_parked": [r.to_json() for r in newly_parked], "total": parked_now})
+    if newly_parked:
+        log.warning(
+            "parked %d applicants after %d failed runs in a row (%d parked in all): %s",
+            len(newly_parked),
+            rc.settings.parking.max_failed_runs,
+            parked_now,
+            [r.applicant_id for r in newly_parked][:50],
+        )
     log.info(
         "committed %d outcomes; %d withdrawals, %d erasures (%d failed, %d run-file records scrubbed); cursors %s",
         len(updates),
@@ -861,6 +924,8 @@ def report_step(rc: RunContext) -> dict[str, Any]:
         for o in outcomes
         if o["state"] == LeadState.QUARANTINED.value
     ]
+    held = list((rc.folder.read_json(PLAN_PARKED) or {}).get("held") or [])
+    counts["parked"] = counts.get("parked", 0) + len(held)  # held back: their one outcome this run
     report = build_report(
         dag_id=rc.dag_id,
         run_id=rc.run_id,
@@ -870,8 +935,17 @@ def report_step(rc: RunContext) -> dict[str, Any]:
         load_stats=rc.folder.read_json(LOAD_STATS) or {},
         failures=failures,
         quarantine=quarantine,
+        carried=extract_meta.get("carried"),
     )
     report["durations_seconds"] = _durations(rc)
+    parking = rc.folder.read_json(COMMIT_PARKED) or {}
+    report["parked"] = {
+        "newly_parked": list(parking.get("newly_parked") or []),
+        "held_back": held,
+        "total": parking.get("total"),
+        "max_failed_runs": rc.settings.parking.max_failed_runs,
+        "release": "python -m d365.parking release <applicant ids> | --all",
+    }
     report["lock"] = rc.folder.read_json(LOCK)  # the sync lock: generation, how long this run waited, for whom
     rc.folder.write_json(REPORT, report)
     text = summary_text(report)

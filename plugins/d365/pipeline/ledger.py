@@ -415,7 +415,18 @@ class Ledger:
                             # a failure does not change what the lead holds
                             "payload_hash": sa.case((failed_now, c.payload_hash), else_=ex.payload_hash),
                             "adopted": sa.or_(c.adopted, ex.adopted),
-                            "attempts": sa.case((failed_now, c.attempts + 1), else_=0),
+                            # consecutive failed RUNS (parking counts them): the same run recording a failure
+                            # again (per batch, a retried task) does not count twice; any other outcome resets
+                            "attempts": sa.case(
+                                (
+                                    failed_now
+                                    & (c.state == LeadState.FAILED.value)
+                                    & (c.last_run_id == ex.last_run_id),
+                                    c.attempts,
+                                ),
+                                (failed_now, c.attempts + 1),
+                                else_=0,
+                            ),
                             "last_error_code": ex.last_error_code,
                             "last_error": ex.last_error,
                             "last_synced_at": sa.func.coalesce(ex.last_synced_at, c.last_synced_at),
@@ -579,3 +590,183 @@ def record_full_extract_rows(ledger: Ledger, instance: str, rows: int) -> None:
                 index_elements=["instance", "name"], set_={"value": int(rows), "updated_at": now}
             )
         )
+
+
+# -- parking: records that failed ``parking.max_failed_runs`` runs in a row wait for a person ------------------
+# A table of its own (not a new state): the row stays FAILED with its error, the flag only holds back re-sends.
+parked_table = sa.Table(
+    "d365_sync_parked",
+    metadata,
+    sa.Column("instance", sa.String(255), primary_key=True),
+    sa.Column("applicant_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("failed_runs", sa.Integer, nullable=False),
+    sa.Column("last_error_code", sa.String(64), nullable=True),
+    sa.Column("parked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(255), nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class ParkedRecord:
+    instance: str
+    applicant_id: int
+    failed_runs: int
+    last_error_code: str | None
+    parked_at: datetime
+    run_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "applicant_id": self.applicant_id,
+            "failed_runs": self.failed_runs,
+            "error_code": self.last_error_code,
+            "parked_at": self.parked_at.isoformat(),
+            "run_id": self.run_id,
+        }
+
+
+def park_failing(
+    ledger: Ledger, instance: str, max_failed_runs: int, *, run_id: str | None = None
+) -> list[ParkedRecord]:
+    """Park every applicant still FAILED after ``max_failed_runs`` runs in a row (0: never); the newly parked."""
+    if max_failed_runs <= 0:
+        return []
+    metadata.create_all(ledger.engine, tables=[parked_table])
+    c, p = ledger_table.c, parked_table.c
+    now = _now()
+    with ledger.engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(c.applicant_id, c.attempts, c.last_error_code)
+            .where(
+                c.instance == instance,
+                c.state == LeadState.FAILED.value,
+                c.attempts >= max_failed_runs,
+                ~sa.exists().where(p.instance == instance, p.applicant_id == c.applicant_id),
+            )
+            .order_by(c.applicant_id)
+        ).all()
+        parked = [
+            ParkedRecord(instance, int(r.applicant_id), int(r.attempts), r.last_error_code, now, run_id) for r in rows
+        ]
+        for start in range(0, len(parked), 2000):
+            values = [
+                {
+                    "instance": instance,
+                    "applicant_id": r.applicant_id,
+                    "failed_runs": r.failed_runs,
+                    "last_error_code": r.last_error_code,
+                    "parked_at": now,
+                    "run_id": run_id,
+                }
+                for r in parked[start : start + 2000]
+            ]
+            conn.execute(ledger._insert(parked_table).values(values).on_conflict_do_nothing())
+    return parked
+
+
+def parked_records(
+    ledger: Ledger, instance: str | None = None, applicant_ids: Iterable[int] | None = None
+) -> list[ParkedRecord]:
+    """Parked records (of one instance, or all), optionally only these applicants; by instance and id."""
+    metadata.create_all(ledger.engine, tables=[parked_table])
+    p = parked_table.c
+    query = sa.select(parked_table).order_by(p.instance, p.applicant_id)
+    if instance is not None:
+        query = query.where(p.instance == instance)
+    ids = None if applicant_ids is None else sorted({int(i) for i in applicant_ids})
+    found: list[ParkedRecord] = []
+    with ledger.engine.connect() as conn:
+        chunks: list[list[int] | None] = [None]
+        if ids is not None:
+            chunks = [ids[i : i + 5000] for i in range(0, len(ids), 5000)]
+        for chunk in chunks:
+            q = query if chunk is None else query.where(p.applicant_id.in_(chunk))
+            for r in conn.execute(q):
+                at = r.parked_at if r.parked_at.tzinfo else r.parked_at.replace(tzinfo=UTC)  # SQLite: naive
+                found.append(
+                    ParkedRecord(r.instance, int(r.applicant_id), int(r.failed_runs), r.last_error_code, at, r.run_id)
+                )
+    return found
+
+
+def release_parked(
+    ledger: Ledger, *, instance: str | None = None, applicant_ids: Iterable[int] | None = None
+) -> list[ParkedRecord]:
+    """Release parked records (all of them when ``applicant_ids`` is None): their count of failed runs starts
+    again at 0 and they stay FAILED, so the next run sends them again. Returns what was released."""
+    released = parked_records(ledger, instance, applicant_ids)
+    if not released:
+        return []
+    c, p = ledger_table.c, parked_table.c
+    with ledger.engine.begin() as conn:
+        by_instance: dict[str, list[int]] = {}
+        for r in released:
+            by_instance.setdefault(r.instance, []).append(r.applicant_id)
+        for inst, ids in by_instance.items():
+            for start in range(0, len(ids), 2000):
+                chunk = ids[start : start + 2000]
+                conn.execute(sa.delete(parked_table).where(p.instance == inst, p.applicant_id.in_(chunk)))
+                conn.execute(
+                    sa.update(ledger_table).where(c.instance == inst, c.applicant_id.in_(chunk)).values(attempts=0)
+                )
+    return released
+
+
+# -- carried: applicants the journal named that a run could not read (``extract``) --------------------------
+# Saved with the cursors (commit), read by the next extract, which fetches them first: the journal cursor may
+# move past their events only because they are kept here. ``attempts``: runs in a row that could not read them.
+carried_table = sa.Table(
+    "d365_sync_carried",
+    metadata,
+    sa.Column("instance", sa.String(255), primary_key=True),
+    sa.Column("applicant_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("first_run_id", sa.String(255), nullable=True),
+    sa.Column("last_run_id", sa.String(255), nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def carried_ids(ledger: Ledger, instance: str) -> dict[int, int]:
+    """applicant id → runs in a row that could not read it, for the applicants carried to the next run."""
+    metadata.create_all(ledger.engine, tables=[carried_table])
+    c = carried_table.c
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(sa.select(c.applicant_id, c.attempts).where(c.instance == instance)).all()
+    return {int(aid): int(attempts) for aid, attempts in rows}
+
+
+def save_carried(
+    ledger: Ledger, instance: str, carry: Iterable[int], resolved: Iterable[int], *, run_id: str | None = None
+) -> None:
+    """After a run's load: forget the ``resolved`` (read now, or purged) and keep ``carry`` (one more attempt
+    for those already carried), in one transaction. Call it before the cursors move."""
+    metadata.create_all(ledger.engine, tables=[carried_table])
+    c = carried_table.c
+    now = _now()
+    keep = sorted({int(i) for i in carry})
+    done = sorted({int(i) for i in resolved} - set(keep))
+    with ledger.engine.begin() as conn:
+        for start in range(0, len(done), 2000):
+            conn.execute(
+                sa.delete(carried_table).where(c.instance == instance, c.applicant_id.in_(done[start : start + 2000]))
+            )
+        for start in range(0, len(keep), 2000):
+            rows = [
+                {
+                    "instance": instance,
+                    "applicant_id": aid,
+                    "attempts": 1,
+                    "first_run_id": run_id,
+                    "last_run_id": run_id,
+                    "updated_at": now,
+                }
+                for aid in keep[start : start + 2000]
+            ]
+            insert = ledger._insert(carried_table).values(rows)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["instance", "applicant_id"],
+                    set_={"attempts": c.attempts + 1, "last_run_id": insert.excluded.last_run_id, "updated_at": now},
+                )
+            )

@@ -16,6 +16,7 @@ OUTCOMES = (
     "skipped_consent",
     "quarantined",
     "failed",
+    "parked",
     "not_selected",
     "updates_off",
     "withdrawn",
@@ -29,6 +30,7 @@ LABELS = {
     "skipped_consent": "skipped for consent",
     "quarantined": "quarantined",
     "failed": "failed (retried next run)",
+    "parked": "parked (failed too many runs in a row; not sent until released)",
     "not_selected": "not selected (send all new is off)",
     "updates_off": "not updated (automatic updates are off)",
     "withdrawn": "consent withdrawn (lead flagged, deactivated or deleted)",
@@ -48,9 +50,11 @@ def build_report(
     quarantine: list[dict[str, Any]] | None = None,
     dry_run: bool = False,
     quality: Mapping[str, Any] | None = None,
+    carried: list[int] | None = None,
 ) -> dict[str, Any]:
     """``quality``: the transform's ``quality/summary.json``; when not given it is read from the run's
-    default folder (``$D365_SYNC_RUN_ROOT/<dag>/<run>``), so the note links the GX summary and result."""
+    default folder (``$D365_SYNC_RUN_ROOT/<dag>/<run>``), so the note links the GX summary and result.
+    ``carried``: applicant ids the journal named that could not be read, carried to the next run."""
     counts = {k: int(outcomes.get(k, 0)) for k in OUTCOMES}
     if quality is None:
         quality = quality_summary(dag_id, run_id)
@@ -66,6 +70,7 @@ def build_report(
         # applicant ids and reasons only: no names, emails or phones leave the pipeline in reports
         "failures": failures or [],
         "quarantine": quarantine or [],
+        "carried_to_next_run": sorted(carried or []),
     }
     if quality:
         files = quality.get("files") or {}
@@ -98,6 +103,8 @@ def summary_text(report: Mapping[str, Any]) -> str:
     head = "DreamApply → Dynamics 365" + (" (dry run: nothing written)" if report.get("dry_run") else "")
     parts = [f"{LABELS[k]}: {out[k]}" for k in OUTCOMES if out.get(k) or k in ("created", "updated", "unchanged")]
     lines = [head, f"applicants extracted: {report['extracted']}", *parts]
+    if report.get("carried_to_next_run"):  # named by the journal, not readable this run: fetched first next run
+        lines.append(f"carried to next run: {len(report['carried_to_next_run'])}")
     load = report.get("load") or {}
     if load:
         lines.append(
@@ -117,6 +124,13 @@ def summary_text(report: Mapping[str, Any]) -> str:
         lines.append(
             f"throttling waits: {throttle.get('retry_after_waits', 0)} Retry-After, "
             f"{throttle.get('pacing_waits', 0)} pacing"
+        )
+    parked = report.get("parked") or {}
+    if parked.get("newly_parked") or parked.get("held_back") or parked.get("total"):
+        lines.append(
+            f"parked: {len(parked.get('newly_parked') or [])} new after {parked.get('max_failed_runs')} failed runs "
+            f"in a row, {parked.get('total') if parked.get('total') is not None else '?'} in all; "
+            "list / release: python -m d365.parking list | release <ids>"
         )
     durations = report.get("durations_seconds") or {}
     if durations:

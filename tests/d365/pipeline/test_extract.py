@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from d365.hooks.dreamapply import DreamApplyHook
-from d365.hooks.errors import DreamApplyAuthError
+from d365.hooks.errors import DreamApplyAuthError, DreamApplyMalformedAnswer
 from d365.pipeline.extract import Cursors, ExtractResult, _ranges, extract, link_id
 from sandbox import Sandbox
 from sandbox.client import SandboxClient, airflow_connections
@@ -419,3 +419,88 @@ def test_ranges_cover_the_ids_and_split_only_at_large_gaps(ids: set[int], gap: i
     for lo, hi in ranges:  # inside a range, neighbours are at most `gap` apart
         inside = sorted(i for i in ids if lo <= i <= hi)
         assert all(b - a <= gap for a, b in pairwise(inside))
+
+
+# -- a read that failed never looks like "nothing changed" -------------------------------------
+NO_DELETE_EVENT = [e for e in EVENTS if e != "Applicant was deleted"]
+
+
+def edit(client: SandboxClient, aid: int, change: dict[str, Any]) -> None:
+    client.http.patch(client.admin_url + f"/dreamapply/applicants/{aid}", json=change).raise_for_status()
+
+
+@pytest.mark.parametrize("kind", ["html", "json_error", "empty", "cut"])
+def test_a_journal_that_cannot_be_read_fails_the_extract(private, kind: str) -> None:
+    hook, client = private
+    first = extract(hook, Cursors(), event_names=EVENTS)
+    edit(client, 5, {"phone": "+372 5555 0005"})
+    hook.max_retries = 1
+    client.add_fault(kind=kind, server="dreamapply", method="GET", path="^/api/v9/journal$")
+    with pytest.raises(DreamApplyMalformedAnswer):  # never an empty journal: no cursor to move
+        extract(hook, first.cursors, event_names=EVENTS)
+    assert [r["fired"] for r in client.get("/faults")["rules"]] == [2]
+
+
+def test_applicants_whose_range_read_fails_are_carried_and_fetched_first_next_run(private) -> None:
+    hook, client = private
+    first = extract(hook, Cursors(), event_names=EVENTS)
+    for aid in (5, 6, 200):
+        edit(client, aid, {"phone": f"+372 5555 0{aid:03d}"})
+    hook.max_retries = 1
+    # the 1st /applicants request is the new-applicant scan; every later one (the ranges) is a maintenance page
+    client.add_fault(kind="html", server="dreamapply", method="GET", path="^/api/v9/applicants$", nth=2, times=100)
+    failed = extract(hook, first.cursors, event_names=EVENTS, page_size=50)
+    assert failed.applicants == []
+    assert failed.carried == [5, 6, 200] and failed.counts["carried"] == 3
+    assert failed.cursors.journal_event_id > first.cursors.journal_event_id  # safe: the three are carried
+    assert client.get("/faults")["rules"][0]["fired"] == 4  # two ranges, each tried twice
+
+    client.clear_faults()
+    hook.max_retries = 5
+    seq = client.last_seq()
+    again = extract(hook, failed.cursors, event_names=EVENTS, page_size=50, carried=failed.carried)
+    assert [(a["applicant_id"], a["reason"]) for a in again.applicants] == [
+        (5, "carried"),
+        (6, "carried"),
+        (200, "carried"),
+    ]
+    assert again.applicants[2]["phone"] == "+372 5555 0200"
+    assert again.carried == [] and again.carried_read == [5, 6, 200] and again.counts["carried_read"] == 3
+    ranges = [e["query"] for e in client.requests(server="dreamapply", since=seq) if e["path"].endswith("/applicants")]
+    assert "byUntil" in ranges[0]  # the carried ranges come before the new-applicant scan
+
+
+def test_an_applicant_missing_from_the_answer_stays_carried_a_purged_one_does_not(private) -> None:
+    hook, client = private
+    first = extract(hook, Cursors(), event_names=NO_DELETE_EVENT)
+    edit(client, 8, {"phone": "+372 5555 0008"})
+    client.post("/dreamapply/applicants/8/erase", {"request_to_be_forgotten": True})  # edited, then purged
+    result = extract(hook, first.cursors, event_names=NO_DELETE_EVENT, carried=[10**6])
+    assert result.carried == [10**6]  # named earlier, still not in any answer and not purged: kept
+    assert 8 not in result.carried and 8 in result.erased_applicant_ids  # gone: handled as an erasure
+    assert result.counts["carried"] == 1 and result.carried_read == []
+
+
+def test_a_manual_send_keeps_the_carried_it_did_not_read(private) -> None:
+    hook, _ = private
+    cursors = Cursors(applicant_id=300, journal_event_id=1)
+    result = extract(hook, cursors, event_names=EVENTS, applicant_ids=[7], carried=[7, 9])
+    assert [a["applicant_id"] for a in result.applicants] == [7]
+    assert result.carried == [9] and result.carried_read == [7]
+
+
+def test_carried_ids_are_kept_in_the_ledger(tmp_path: Any) -> None:
+    from d365.pipeline.ledger import Ledger, carried_ids, save_carried
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        assert carried_ids(ledger, "i") == {}
+        save_carried(ledger, "i", [5, 6], [], run_id="r1")
+        save_carried(ledger, "other", [5], [], run_id="r1")
+        save_carried(ledger, "i", [6, 7], [5], run_id="r2")  # 5 read now, 6 again, 7 new
+        assert carried_ids(ledger, "i") == {6: 2, 7: 1}
+        assert carried_ids(ledger, "other") == {5: 1}
+        save_carried(ledger, "i", [], [6, 7], run_id="r3")
+        assert carried_ids(ledger, "i") == {}
+    finally:
+        ledger.dispose()
