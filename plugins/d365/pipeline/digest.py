@@ -47,14 +47,19 @@ def group_causes(report: Mapping[str, Any]) -> list[Cause]:
 
 
 def build_digest(report: Mapping[str, Any], *, max_ids: int = 200, max_reasons: int = 5) -> tuple[str, str] | None:
-    """(subject, body) of the digest, or None when the run has no record-level failure or quarantine."""
+    """(subject, body) of the digest, or None when the run has no record-level failure, quarantine or newly
+    parked record."""
     causes = group_causes(report)
-    if not causes:
+    parked = report.get("parked") or {}
+    newly_parked = list(parked.get("newly_parked") or [])
+    if not causes and not newly_parked:
         return None
     failed = sum(len(c.applicant_ids) for c in causes if c.kind == "failed")
     quarantined = sum(len(c.applicant_ids) for c in causes if c.kind == "quarantined")
     dag_id, run_id = report.get("dag_id", "?"), report.get("run_id", "?")
     subject = f"[d365 sync] {failed} failed, {quarantined} quarantined applicants in run {run_id}"
+    if newly_parked:
+        subject += f", {len(newly_parked)} parked"
     lines = [
         f"Record-level problems of run {run_id} ({dag_id}), grouped by cause.",
         "Applicant IDs and reasons only; look an applicant up in DreamApply by its ID.",
@@ -72,6 +77,8 @@ def build_digest(report: Mapping[str, Any], *, max_ids: int = 200, max_reasons: 
             lines.append(f"  reason: {reason}")
         if len(c.reasons) > max_reasons:
             lines.append(f"  … and {len(c.reasons) - max_reasons} more reasons (report.json)")
+    if newly_parked:
+        lines += _parked_lines(parked, newly_parked, max_ids)
     lines += [
         "",
         "How to retry: failed applicants are retried by the next scheduled run; to send some now, trigger the DAG",
@@ -79,6 +86,32 @@ def build_digest(report: Mapping[str, Any], *, max_ids: int = 200, max_reasons: 
         "The full list is in this run's report.json and quality/quarantine.jsonl.",
     ]
     return subject, "\n".join(lines)
+
+
+def _parked_lines(parked: Mapping[str, Any], newly_parked: list[Mapping[str, Any]], max_ids: int) -> list[str]:
+    """The records this run parked: they wait for a person (fix the cause, then release them)."""
+    by_code: dict[str, list[Any]] = {}
+    for r in newly_parked:
+        by_code.setdefault(str(r.get("error_code") or "unknown"), []).append(r.get("applicant_id"))
+    lines = [
+        "",
+        f"PARKED — {len(newly_parked)} applicant(s) failed {parked.get('max_failed_runs')} runs in a row and are no "
+        "longer sent (neither retried nor sent when they change) until someone releases them"
+        + (f"; {parked['total']} parked in all" if parked.get("total") is not None else "")
+        + ".",
+    ]
+    for code, ids in sorted(by_code.items(), key=lambda item: (-len(item[1]), item[0])):
+        shown = sorted(ids, key=_key)[:max_ids]
+        more = len(ids) - len(shown)
+        lines.append(
+            f"  error code {code}: " + ", ".join(str(i) for i in shown) + (f" … and {more} more" if more else "")
+        )
+    lines += [
+        "  After fixing the cause (in DreamApply or the CRM), release them on a host that reaches the ledger:",
+        "  `python -m d365.parking list`, then `python -m d365.parking release <applicant ids>` (or `--all`);",
+        "  the next run sends them again.",
+    ]
+    return lines
 
 
 def send_digest(settings: Any, report: Mapping[str, Any]) -> bool:

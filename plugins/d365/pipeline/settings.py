@@ -482,6 +482,13 @@ class PauseSettings(_Model):
     window_minutes: StrictInt = Field(60, ge=1)
 
 
+class ParkingSettings(_Model):
+    """A record that failed ``max_failed_runs`` runs in a row is parked: listed for a person, no longer re-sent
+    until released (``python -m d365.parking release``). 0: never park."""
+
+    max_failed_runs: StrictInt = Field(5, ge=0)
+
+
 class ReconcileSettings(_Model):
     """The nightly reconciliation DAG (``reconcile_dreamapply_leads``): drift between the ledger and Dynamics."""
 
@@ -633,6 +640,7 @@ class Settings(_Model):
     technical_contact: str | None = None
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     pause: PauseSettings = Field(default_factory=PauseSettings)
+    parking: ParkingSettings = Field(default_factory=ParkingSettings)
     fit_policy: FitPolicySettings = Field(default_factory=FitPolicySettings)
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
@@ -788,6 +796,7 @@ def _known_keys() -> set[str]:
             FieldMapping,
             AlertSettings,
             PauseSettings,
+            ParkingSettings,
         ):
             _ALL_KEYS.update(model.model_fields)
     return _ALL_KEYS
