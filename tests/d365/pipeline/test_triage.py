@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -268,3 +269,186 @@ def test_triage_never_raises_and_every_record_ends_in_exactly_one_state(records:
     assert {o["applicant_id"] for o in ledger if o["applicant_id"] is not None} == {
         o["applicant_id"] for o in result.outcomes if o["applicant_id"] is not None
     }
+
+
+# -- the per-field policy table of docs/settings.md, one promise per row --------------------------------
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "settings.md"
+
+
+def with_quality(**changes: Any) -> Any:
+    return DEFAULT.model_copy(update={"quality": DEFAULT.quality.model_copy(update=changes)})
+
+
+def documented_policy_fields() -> list[str]:
+    """The field names in the first column of the "Per-field policy" table of docs/settings.md."""
+    text = DOCS.read_text(encoding="utf-8")
+    section = text.split("#### Per-field policy", 1)[1]
+    table = section[section.index("| field | default column |") :].split("\n\n", 1)[0]
+    return [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:] if line.startswith("|")]
+
+
+MOJIBAKE = "GarcÃ\xada"  # "García" encoded as UTF-8, read as cp1252
+# field → (overrides that make it invalid, default-mapping column or None, the column's value under send_as_entered)
+POLICY_ROWS: dict[str, tuple[dict[str, Any], str | None, Any]] = {
+    "type": ({"type": 7}, None, None),
+    "registered": ({"registered": "last tuesday"}, "uni_registeredon", None),  # a DateTime column takes no text
+    "name_full": ({"name_full": MOJIBAKE}, None, None),  # only a fallback of lastname; wrong encoding never sent
+    "name_given": ({"name_given": "An\ufffd"}, "firstname", None),
+    "name_middle": ({"name_middle": ["Maria"]}, "middlename", None),  # a list does not fit a text column
+    "name_family": ({"name_family": MOJIBAKE}, "lastname", "Ana Tamm"),  # dropped: the full name is the fallback
+    "email": ({"email": "ana@@example.com"}, "emailaddress1", "ana@@example.com"),
+    "phone": ({"phone": "127.555.6451"}, "mobilephone", "127.555.6451"),
+    "citizenship": ({"citizenship": "UK"}, "uni_citizenship", "UK"),
+    "reference": ({"reference": "R\u00c3\u00a9f-1"}, "uni_reference", None),
+    "matriculation": ({"matriculation": 12345}, "uni_matriculation", "12345"),
+    "application_dates": ({"applications": [{"id": 5, "status": "Draft", "created": "2025-13-45"}]}, None, None),
+}
+
+
+def test_the_policy_table_documents_every_field() -> None:
+    from d365.pipeline.settings import QUALITY_FIELDS
+
+    assert documented_policy_fields() == list(QUALITY_FIELDS) == list(POLICY_ROWS)
+
+
+@pytest.mark.parametrize("name", list(POLICY_ROWS))
+def test_an_invalid_value_follows_its_field_policy(name: str) -> None:
+    """drop (default): still a lead, the column null (left empty on create, cleared on update);
+    send_as_entered: as typed when it fits (wrong encoding and what does not fit: null);
+    quarantine: withheld with the field's reason. Never the value in a reason."""
+    overrides, column, as_entered = POLICY_ROWS[name]
+    record = applicant(41, **overrides)
+    dropped = triage([record])
+    assert states(dropped) == {0: "lead"}, dropped.outcomes
+    (issue_row,) = dropped.field_issue_rows()
+    assert {i["field"] for i in issue_row["issues"]} == {name} and all(
+        i["action"] == "drop" for i in issue_row["issues"]
+    )
+    if column is not None:
+        payload = dropped.leads[0]["payload"]
+        expected_drop = "Ana Tamm" if name == "name_family" else None
+        assert column in payload and payload[column] == expected_drop
+
+    sent = triage([record], with_quality(field_policy={name: "send_as_entered"}))
+    assert states(sent) == {0: "lead"}
+    if column is not None:
+        assert sent.leads[0]["payload"][column] == as_entered
+
+    held = triage([record], with_quality(field_policy={name: "quarantine"}))
+    assert states(held) == {0: "quarantined"}
+    assert all(r.startswith(f"{name}:") for r in held.outcomes[0]["reasons"]), held.outcomes[0]["reasons"]
+    for reasons in (held.outcomes[0]["reason"], json.dumps(dropped.field_issue_rows())):
+        for value in overrides.values():
+            if isinstance(value, str) and len(value) > 3:
+                assert value not in reasons
+
+
+def test_cleared_on_update_is_a_null_in_the_payload() -> None:
+    """The same applicant, first valid then with an invalid phone: the second payload holds mobilephone null
+    (a PATCH with null clears the column in Dataverse) and a new hash, so the plan sends the update."""
+    first = triage([applicant(51)]).leads[0]
+    second = triage([applicant(51, phone="(555) 123-4567")]).leads[0]
+    assert first["payload"]["mobilephone"] == "+37251234567"
+    assert "mobilephone" in second["payload"] and second["payload"]["mobilephone"] is None
+    assert first["payload_hash"] != second["payload_hash"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "usable"),
+    [
+        ({}, True),
+        ({"name_family": None}, True),  # the full name
+        ({"name_family": None, "name_full": None}, False),
+        ({"name_family": MOJIBAKE, "name_full": "  "}, False),  # a name in a wrong encoding is no identity
+        ({"email": None}, True),  # the phone
+        ({"email": None, "phone": "12"}, False),
+        ({"email": "ana@@x", "phone": None}, False),
+        ({"phone": None}, True),
+    ],
+)
+def test_the_default_identity_rule(overrides: dict[str, Any], usable: bool) -> None:
+    """A family or full name, and an e-mail or a phone, each present and valid."""
+    result = triage([applicant(61, **overrides)])
+    assert states(result) == {0: "lead" if usable else "quarantined"}
+    if not usable:
+        assert result.outcomes[0]["reasons"][0].startswith("identity: no usable")
+
+
+def test_the_identity_rule_is_configurable() -> None:
+    email_only = with_quality(identity=(("email",),))
+    assert states(triage([applicant(71, name_family=None, name_full=None)], email_only)) == {0: "lead"}
+    assert states(triage([applicant(72, email=None)], email_only)) == {0: "quarantined"}
+    nothing = with_quality(identity=())
+    bare = applicant(73, name_family=None, name_full=None, name_given=None, email=None, phone=None)
+    assert states(triage([bare], nothing)) == {0: "lead"}
+
+
+def test_malformed_wire_records_are_quarantined_per_row_with_their_id() -> None:
+    """Extract's normalisation never raises; quality quarantines what it could not read, before consent,
+    with the applicant id when it can be read and a value-free reason."""
+    from d365.pipeline.extract import normalise_applicant, normalise_application
+
+    catalog: Any = {"trackers": {}, "offer_types": {}}
+    good = {"id": 81, "name": {"given": "Ana", "family": "Tamm"}, "email": "ana81@example.com", "consents": {}}
+    wire: list[Any] = [
+        good | {"consents": {"1": {"consent": 1, "decision": "Accept"}}},
+        good | {"id": 82, "name": "Maria Tamm"},  # a name as a string
+        good | {"id": "12a"},  # a non-integer id
+        good | {"id": 84, "consents": ["Accept"]},  # consents as a list
+        good | {"id": 85, "trackers": "garbage"},
+        "not a record",
+        good | {"id": 87, "consents": [], "trackers": []},  # PHP's empty array: fine (and no consent)
+    ]
+    apps = {81: [normalise_application({"id": "x", "courses": [1]}, catalog)]}
+    records = [
+        normalise_applicant(raw, catalog, apps.get(raw.get("id") if isinstance(raw, dict) else None, []), "new")
+        for raw in wire
+    ]
+    result = triage(records)
+    by_row = {o["row"]: o for o in result.outcomes}
+    assert states(result) == {i: "quarantined" for i in range(6)} | {6: "skipped_consent"}
+    assert by_row[0]["applicant_id"] == 81 and by_row[0]["reasons"] == [
+        "record: malformed (application: application id: text instead of a positive integer; "
+        "application: courses: a list instead of an object)"
+    ]
+    assert (by_row[1]["applicant_id"], by_row[1]["reasons"]) == (
+        82,
+        ["record: malformed (name: text instead of an object)"],
+    )
+    assert by_row[2]["applicant_id"] is None
+    no_id = "applicant_id: missing or not a positive integer"
+    assert by_row[2]["reasons"] == [no_id, "record: malformed (id: text instead of a positive integer)"]
+    assert by_row[3]["reasons"] == ["record: malformed (consents: a list instead of an object)"]
+    assert by_row[4]["reasons"] == ["record: malformed (trackers: text instead of an object)"]
+    assert by_row[5]["reasons"] == [no_id, "record: malformed (record: text instead of an object)"]
+    assert "Maria" not in json.dumps(result.outcomes)
+
+
+wire_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=12,
+)
+wire_record = st.one_of(
+    wire_value,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            k: wire_value
+            for k in ("id", "name", "email", "phone", "consents", "trackers", "courses", "offers", "academic_term")
+        },
+    ),
+)
+
+
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wire_record, wire_record)
+def test_normalisation_never_raises_on_any_json(applicant_raw: Any, application_raw: Any) -> None:
+    from d365.pipeline.extract import normalise_applicant, normalise_application
+
+    catalog: Any = {"trackers": {"1": "X"}, "offer_types": {}}
+    app = normalise_application(application_raw, catalog)
+    record = normalise_applicant(applicant_raw, catalog, [app], "new")
+    json.dumps(record)
+    assert record["applicant_id"] is None or (isinstance(record["applicant_id"], int) and record["applicant_id"] > 0)
