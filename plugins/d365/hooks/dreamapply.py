@@ -7,7 +7,9 @@ needs on top (reference: /work/shared/reference/dreamapply-api.md §1):
 - Connection (type ``dreamapply``): ``host`` = instance URL (``https://apply.example.edu``; scheme defaults
   to https), ``password`` = API key. Extras: ``requests_per_minute`` (the key's quota, default 180),
   ``ca_bundle`` (PEM path to verify TLS against), ``timeout`` (seconds, or ``[connect, read]``),
-  ``retry_after_max_seconds``; ``http://`` and ``verify: false`` are refused unless ``"sandbox": true``.
+  ``retry_after_max_seconds``, ``max_retries`` / ``retry_wait_min`` / ``retry_wait_max`` (retries of transient
+  faults and lying answers: default 5, backoff from 5 s up to 60 s; the hook's arguments win);
+  ``http://`` and ``verify: false`` are refused unless ``"sandbox": true``.
 - Base URL ``<instance>/api/v9``; link strings the API returns (``/api/v9/applicants/1/trackers``) are
   resolved against the instance root. Absolute URLs on another host are refused (the key would leak).
 - ``Authorization: DREAM apikey="<key>"`` is added by a ``requests.auth.AuthBase``; the key is never
@@ -139,18 +141,26 @@ class DreamApplyHook(HttpHook):
         dreamapply_conn_id: str = default_conn_name,
         *,
         requests_per_minute: int | None = None,
-        max_retries: int = 5,
-        retry_wait_min: float = 5.0,
-        retry_wait_max: float = 60.0,
+        max_retries: int | None = None,
+        retry_wait_min: float | None = None,
+        retry_wait_max: float | None = None,
         limiter: SlidingWindowLimiter | None = None,
         method: str = "GET",
     ) -> None:
         super().__init__(method=method, http_conn_id=dreamapply_conn_id)
         self.dreamapply_conn_id = dreamapply_conn_id
         self.requests_per_minute = requests_per_minute
-        self.max_retries = max_retries
-        self.retry_wait_min = retry_wait_min
-        self.retry_wait_max = retry_wait_max
+        # Arguments win; else the connection's extras of the same names (read in get_conn); else 5, 5 s, 60 s.
+        self._retry_args = {
+            name: value
+            for name, value in (
+                ("max_retries", max_retries), ("retry_wait_min", retry_wait_min), ("retry_wait_max", retry_wait_max)
+            )
+            if value is not None
+        }  # fmt: skip
+        self.max_retries = int(max_retries if max_retries is not None else 5)
+        self.retry_wait_min = float(retry_wait_min if retry_wait_min is not None else 5.0)
+        self.retry_wait_max = float(retry_wait_max if retry_wait_max is not None else 60.0)
         self.limiter = limiter
         self.instance_url = ""
         self.timeout: float | tuple[float, float] = DEFAULT_TIMEOUT
@@ -220,6 +230,9 @@ class DreamApplyHook(HttpHook):
                     session.verify = verify
                 if extra.get("retry_after_max_seconds") not in (None, ""):
                     self.retry_after_max_seconds = float(extra["retry_after_max_seconds"])
+                for name, kind in (("max_retries", int), ("retry_wait_min", float), ("retry_wait_max", float)):
+                    if name not in self._retry_args and extra.get(name) not in (None, ""):
+                        setattr(self, name, kind(extra[name]))
                 timeout = extra.get("timeout")
                 if timeout is not None:
                     self.timeout = tuple(timeout) if isinstance(timeout, (list, tuple)) else float(timeout)  # type: ignore[assignment]

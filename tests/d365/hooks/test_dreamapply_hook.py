@@ -504,3 +504,15 @@ def test_id_map_shapes() -> None:
         with pytest.raises(DreamApplyMalformedAnswer) as err:
             id_map(bad, where)
         assert err.value.code == "WrongShape" and err.value.path == "/api/v9/x"
+
+
+def test_retry_settings_from_connection_extras(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = sandbox.info()
+    extra = {**airflow_connections(info)["AIRFLOW_CONN_DREAMAPPLY_DEFAULT"]["extra"], "max_retries": 1}
+    set_connection(monkeypatch, info, extra={**extra, "retry_wait_min": 0.01, "retry_wait_max": 0.02})
+    h = DreamApplyHook()
+    h.get_conn()
+    assert (h.max_retries, h.retry_wait_min, h.retry_wait_max) == (1, 0.01, 0.02)
+    explicit = DreamApplyHook(max_retries=3)  # an argument wins over the extra
+    explicit.get_conn()
+    assert (explicit.max_retries, explicit.retry_wait_min) == (3, 0.01)
