@@ -269,3 +269,107 @@ def test_fast_email_prescreen_takes_the_common_case() -> None:
     assert Q.fast_email_ok(pd.Series(values, dtype="str")).tolist() == [True, True, False, False, False]
     # the pre-screen only routes: a digit in the TLD goes to email-validator, which accepts it
     assert [Q.email_valid(v) for v in values] == [True, True, False, True, False]
+
+
+# -- wrong encoding, field policy, default region, settings -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "wrong"),
+    [
+        ("José García", False),
+        ("Zoë Ñúñez-Łukasiewicz", False),
+        ("Ãngel", False),  # Ã followed by a letter: Portuguese/Spanish text, not mojibake
+        ("SÃO PAULO", False),
+        ("日本語 テキスト", False),
+        ("Ⅻ ° ± ©", False),  # symbols alone are fine
+        ("Â", False),
+        ("Se\ufffdn", True),  # the replacement character
+        ("JosÃ© GarcÃ\xada", True),  # UTF-8 read as cp1252/latin-1
+        ("MÃ¼ller", True),
+        ("Oâ€™Brien", True),  # a typographic apostrophe, three bytes
+        ("ðŸ˜€ smile", True),  # an emoji, four bytes
+        ("a\udc80b", True),  # a lone surrogate (surrogateescape of an undecodable byte)
+    ],
+)
+def test_wrong_encoding_detection_is_conservative(text: str, wrong: bool) -> None:
+    assert Q.wrong_encoding(text) is wrong
+
+
+def test_wrong_encoding_is_a_field_issue_recorded_by_gx_without_the_value() -> None:
+    result = validate([applicant(1, name_family="GarcÃ\xada", reference="Ref\ufffd"), applicant(2)])
+    assert result.reasons(0) == [
+        "name_family: wrong encoding (U+FFFD or mojibake)",
+        "reference: wrong encoding (U+FFFD or mojibake)",
+    ]
+    assert result.withheld_reasons(0) == []  # the full name is still an identity: the row is sent
+    assert result.field_actions(0) == {"name_family": "drop", "reference": "drop"}
+    encoding = next(
+        r for r in result.gx_result["results"] if r["expectation_config"]["kwargs"].get("column") == Q.ENCODING.column
+    )
+    assert encoding["success"] is False
+    assert encoding["result"]["unexpected_index_list"] == [
+        {Q.ENCODING.column: "name_family,reference", "row": 0, "applicant_id": 1}
+    ]
+    assert "Garc" not in json.dumps(result.gx_result)
+
+
+def test_field_issue_counts_per_field_and_reason_and_the_policy_decides_the_action() -> None:
+    rows = [
+        applicant(1, phone="12", citizenship="XX"),
+        applicant(2, phone="(555) 123-4567"),
+        applicant(3, phone=5551234),
+        applicant(4, email="Se\ufffdn@example.com"),  # email-validator accepts it: the encoding check does not
+    ]
+    result = validate(rows)
+    assert result.summary()["field_issues"] == {
+        "citizenship": {"invalid": 1},
+        "email": {"wrong_encoding": 1},
+        "phone": {"invalid": 2, "not_text": 1},
+    }
+    assert result.invalid_rows == 4 and all(result.withheld_reasons(i) == [] for i in range(4))
+    opted = validate(rows, settings=with_quality(field_policy={"phone": "quarantine", "email": "send_as_entered"}))
+    assert opted.withheld_reasons(0) == ["phone: not parseable to E.164"]
+    assert opted.field_actions(0) == {"citizenship": "drop"}
+    assert opted.field_actions(3) == {"email": "drop"}  # a wrong encoding is never sent as entered
+
+
+def test_phones_are_read_with_the_citizenship_then_the_default_region() -> None:
+    rows = [applicant(1, phone="5123 4567", citizenship="FR"), applicant(2, phone="5123 4567", citizenship=None)]
+    assert validate(rows).reasons(0) == ["phone: not parseable to E.164"]
+    assert validate(rows).reasons(1) == ["phone: not parseable to E.164"]
+    estonian = with_quality(default_region="EE")
+    assert validate(rows, settings=estonian).reasons(0) == [] and validate(rows, settings=estonian).reasons(1) == []
+
+
+@pytest.mark.parametrize(
+    ("quality", "error"),
+    [
+        ({"field_policy": {"phon": "drop"}}, "quality.field_policy: unknown field 'phon'; did you mean 'phone'?"),
+        ({"field_policy": {"phone": "ignore"}}, "quality.field_policy.phone"),
+        ({"identity": [["email", "fax"]]}, "quality.identity: unknown identity field 'fax'"),
+        ({"identity": [[]]}, "quality.identity: each identity group lists at least one field"),
+        ({"default_region": "XX"}, "quality.default_region: 'XX' is not a region phonenumbers knows"),
+        ({"default_regio": "EE"}, "quality.default_regio: unknown key; did you mean 'default_region'?"),
+    ],
+)
+def test_quality_settings_are_strict(quality: dict[str, Any], error: str) -> None:
+    from d365.pipeline.settings import SettingsError, parse_settings
+
+    with pytest.raises(SettingsError) as info:
+        parse_settings({"data_mapping": {"firstname": "applicant.name.given"}, "quality": quality})
+    assert any(line.startswith(error) for line in info.value.errors), info.value.errors
+
+
+def test_default_region_is_normalised_and_quarantine_missing_email_joins_the_identity() -> None:
+    from d365.pipeline.settings import parse_settings
+
+    s = parse_settings(
+        {
+            "data_mapping": {"firstname": "applicant.name.given"},
+            "quality": {"default_region": "ee", "quarantine_missing_email": True},
+        }
+    )
+    assert s.quality.default_region == "EE"
+    assert s.quality.identity_groups() == (("name_family", "name_full"), ("email", "phone"), ("email",))
+    assert s.quality.policy("phone") == "drop"
