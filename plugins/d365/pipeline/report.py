@@ -82,6 +82,9 @@ def build_report(
             "summary": files.get("summary"),
             "gx_result": files.get("gx_result"),
             "quarantine_file": files.get("quarantine"),
+            # field → reason code → rows: invalid values dropped / sent as entered (per field policy), no values
+            "field_issues": quality.get("field_issues") or {},
+            "field_issues_file": files.get("field_issues"),
         }
     return report
 
@@ -118,6 +121,14 @@ def summary_text(report: Mapping[str, Any]) -> str:
         lines.append(
             f"quality: {quality.get('quarantined', 0)} quarantined{stopped}, see {quality['summary']}"
             + (f" (GX result: {quality['gx_result']})" if quality.get("gx_result") else "")
+        )
+    if quality.get("field_issues"):  # per field: rows, by reason code
+        lines.append(
+            "field issues: "
+            + "; ".join(
+                f"{name} {sum(codes.values())} ({', '.join(f'{c} {n}' for c, n in codes.items())})"
+                for name, codes in quality["field_issues"].items()
+            )
         )
     throttle = (load.get("throttle") or {}) if load else {}
     if throttle.get("retry_after_waits") or throttle.get("pacing_waits"):
