@@ -41,13 +41,25 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "authority_host": {
                         "label": "Authority host",
-                        "description": "Optional: https://login.microsoftonline.com unless a national cloud.",
+                        "description": "Optional: a Microsoft login host (https://login.microsoftonline.com unless "
+                        "a national cloud, e.g. https://login.microsoftonline.us). Another host only with Sandbox.",
                         "schema": {"type": ["string", "null"]},
                     },
                     "ca_bundle": {
                         "label": "CA bundle path",
                         "description": "Optional: PEM file to verify TLS against (the local sandbox's CA).",
                         "schema": {"type": ["string", "null"]},
+                    },
+                    "retry_after_max_seconds": {
+                        "label": "Longest Retry-After wait (s)",
+                        "description": "Optional: a server asking for a longer wait gets this (default 300).",
+                        "schema": {"type": ["number", "null"]},
+                    },
+                    "sandbox": {
+                        "label": "Sandbox",
+                        "description": "Only for a local test stand-in: allows a custom authority host, http:// "
+                        "and verify: false, which are refused otherwise.",
+                        "schema": {"type": ["boolean", "null"]},
                     },
                 },
             },
@@ -70,6 +82,17 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "CA bundle path",
                         "description": "Optional: PEM file to verify TLS against (the local sandbox's CA).",
                         "schema": {"type": ["string", "null"]},
+                    },
+                    "retry_after_max_seconds": {
+                        "label": "Longest Retry-After wait (s)",
+                        "description": "Optional: a server asking for a longer wait gets this (default 300).",
+                        "schema": {"type": ["number", "null"]},
+                    },
+                    "sandbox": {
+                        "label": "Sandbox",
+                        "description": "Only for a local test stand-in: allows http:// and verify: false, which are "
+                        "refused otherwise.",
+                        "schema": {"type": ["boolean", "null"]},
                     },
                 },
             },

@@ -19,6 +19,8 @@ def test_connection_types_and_form_fields_reach_airflow() -> None:
     widgets = set(pm.connection_form_widgets)
     assert {"extra__dynamics365__tenant_id", "extra__dynamics365__authority_host"} <= widgets
     assert "extra__dreamapply__requests_per_minute" in widgets
+    for conn_type in ("dynamics365", "dreamapply"):  # the documented sandbox flag and Retry-After cap
+        assert {f"extra__{conn_type}__sandbox", f"extra__{conn_type}__retry_after_max_seconds"} <= widgets
     relabel = pm.field_behaviours["dynamics365"]["relabeling"]
     assert relabel == {
         "host": "Organization URL",
