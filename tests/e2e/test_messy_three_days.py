@@ -21,7 +21,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from e2e.helpers import expected_profile, leads_by_applicant, raw_applicants, usable_identity, wrongly_encoded
+from e2e.helpers import (
+    expected_profile,
+    leads_by_applicant,
+    personal_patterns,
+    raw_applicants,
+    usable_identity,
+    wrongly_encoded,
+)
 
 from d365.pipeline.settings import DEFAULT_WITHDRAWAL_FLAGS, load_settings
 from sandbox.data.messy import mojibake, replacement_chars
@@ -64,6 +71,8 @@ class Days:
         self.malformed_since: dict[int, int] = {}  # applicant → step in which it became malformed
         self.withdrawn: set[int] = set()
         self.used: set[int] = set()  # applicants the test placed or changed on purpose
+        self.seen_raw: dict[int, dict[str, Any]] = {}  # every applicant's last live record (for the leak scan)
+        self.personal: list[Any] = []
         self.placed: dict[str, set[int]] = {}  # field → applicants given an invalid value of it in this step
         self.step = 0
 
@@ -87,6 +96,8 @@ class Days:
         assert run.state == "success", f"step {self.step}: the run failed"
         folder = _newest_run(self.env)
         raw = raw_applicants(self.client)
+        self.personal = personal_patterns({**self.seen_raw, **raw})  # erased ones too: as they were
+        self.seen_raw.update({aid: a for aid, a in raw.items() if not a["erased"]})
         all_leads = self.env.leads()
         strays = [x.get("uni_applicantid") for x in all_leads if not str(x.get("uni_applicantid")).isdigit()]
         assert not strays, f"step {self.step}: leads without a valid applicant id: {strays}"
@@ -139,9 +150,14 @@ class Days:
         for aid, since in self.malformed_since.items():
             if since == self.step:
                 row = quarantine.get(str(aid)) or quarantine.get(f"{aid}a")
-                assert row is not None, f"step {self.step}: malformed applicant {aid} not quarantined"
+                listed = {k: q.get("reasons") for k, q in quarantine.items()}
+                assert row is not None, f"step {self.step}: malformed applicant {aid} not quarantined: {listed}"
                 assert row.get("reasons") or row.get("reason"), f"step {self.step}: no reason for {aid}"
         self._check_field_issues(folder, raw)
+        for name in ("quarantine.jsonl", "field_issues.jsonl", "summary.json", "summary.md"):
+            text = (folder / "quality" / name).read_text(encoding="utf-8")
+            leaked = sorted({f"{aid}:{field}" for aid, field, pattern in self.personal if pattern.search(text)})
+            assert not leaked, f"step {self.step}: personal data in quality/{name}: {leaked[:10]}"
         self.placed = {}
         self.step += 1
         return report
@@ -242,7 +258,8 @@ def test_three_days_of_messy_data_leave_one_current_lead_per_consenting_identifi
     assert not {fffd_family, nameless, unreachable, no_consent, late, malformed_name, malformed_id} & set(sent)
 
     # -- day 1: a day of activity (some messy edits), invalid values arriving in edits, privacy changes ---------
-    c.post("/dreamapply/advance", {"hours": 24, "seed": 91, "rates": {"messy_edits": 0.03, "edits": 0.05}})
+    messy = c.post("/dreamapply/advance", {"hours": 24, "seed": 91, "rates": {"messy_edits": 0.03, "edits": 0.05}})
+    messy = messy["applicants_messy"]
     phone_editor, country_editor, name_editor, withdrawer, erased = _lead_holders(days, 5, need_phone=True)
     c.edit_applicant(phone_editor, phone="12")
     c.edit_applicant(country_editor, citizenship="UK")
@@ -256,12 +273,14 @@ def test_three_days_of_messy_data_leave_one_current_lead_per_consenting_identifi
     c.post(f"/dreamapply/applicants/{erased}/erase", {"request_to_be_forgotten": True})
     c.edit_applicant(phones[0], phone="+372 5123 4599")  # a fixed phone reaches the lead
     days.sync_and_check()
-    assert days.ever_sent[phone_editor]["mobilephone"] is None  # the old, valid phone was cleared
-    assert days.ever_sent[country_editor]["uni_citizenship"] is None
-    assert days.ever_sent[late]["mobilephone"] is None and days.ever_sent[phones[0]]["mobilephone"]
+    assert days.ever_sent[phone_editor].get("mobilephone") is None  # the old, valid phone was cleared
+    assert days.ever_sent[country_editor].get("uni_citizenship") is None
+    assert days.ever_sent[late].get("mobilephone") is None and days.ever_sent[phones[0]].get("mobilephone")
 
     # -- day 2: the phone comes back in national form, a lead holder's record turns malformed, one is fixed ------
-    c.post("/dreamapply/advance", {"hours": 24, "seed": 92, "rates": {"messy_edits": 0.03}})
+    messy += c.post("/dreamapply/advance", {"hours": 24, "seed": 92, "rates": {"messy_edits": 0.03}})[
+        "applicants_messy"
+    ]
     c.edit_applicant(phone_editor, phone="5123 4570", citizenship="EE")  # E.164 by the citizenship's region
     [turns_malformed] = _lead_holders(days, 1)
     days.malformed(turns_malformed, set={"name": "Given Family"})
@@ -270,11 +289,13 @@ def test_three_days_of_messy_data_leave_one_current_lead_per_consenting_identifi
     [newcomer] = days.create(_person(16, phone="+44 7700 9040040", citizenship="GB"))
     days.place("phone", newcomer)
     days.sync_and_check()
-    assert days.ever_sent[phone_editor]["mobilephone"] == "+37251234570"
+    assert days.ever_sent[phone_editor].get("mobilephone") == "+37251234570"
     assert malformed_name in days.ever_sent and newcomer in days.ever_sent
 
     # -- day 3: the malformed record is fixed with a messy phone, an erasure, a late acceptance with messy data ---
-    c.post("/dreamapply/advance", {"hours": 24, "seed": 93, "rates": {"messy_edits": 0.03}})
+    messy += c.post("/dreamapply/advance", {"hours": 24, "seed": 93, "rates": {"messy_edits": 0.03}})[
+        "applicants_messy"
+    ]
     days.wellformed(turns_malformed)
     c.edit_applicant(turns_malformed, phone="(555) 123-4567", citizenship="US")
     days.place("phone", turns_malformed)
@@ -282,7 +303,8 @@ def test_three_days_of_messy_data_leave_one_current_lead_per_consenting_identifi
     c.post(f"/dreamapply/applicants/{no_consent}/consents", {"consent": 1, "decision": "Accept"})
     days.wellformed(malformed_id)
     days.sync_and_check()
-    assert days.ever_sent[turns_malformed]["mobilephone"] is None
-    assert days.ever_sent[turns_malformed]["uni_citizenship"] == "US"
+    assert days.ever_sent[turns_malformed].get("mobilephone") is None
+    assert days.ever_sent[turns_malformed].get("uni_citizenship") == "US"
     assert no_consent in days.ever_sent and malformed_id in days.ever_sent
     assert fffd_given not in leads_by_applicant(env.leads())
+    assert messy, "the sandbox's own activity made messy edits too (checked like every other applicant)"
