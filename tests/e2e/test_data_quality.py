@@ -2,8 +2,11 @@
 
 Every extracted applicant ends in exactly one of: sent (a lead), skipped for consent, quarantined with a
 reason; the counts add up; the expectations are checked against the sandbox's own records with the same
-libraries (email-validator, phonenumbers, pycountry), not just against the report. And a batch over the
-threshold stops the run before any lead data request or write reaches Dynamics.
+libraries (email-validator, phonenumbers, pycountry), not just against the report: an applicant is withheld
+only for its identity (or an over-long e-mail, the default file's fit policy), and an invalid value is left
+out of the lead (field policy ``drop``) and listed per applicant. An invalid value arriving in an edit clears
+the lead's old value; a malformed record is quarantined with its id. And a batch over the threshold stops the
+run before any lead data request or write reaches Dynamics.
 """
 
 from __future__ import annotations
@@ -13,10 +16,16 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-import phonenumbers
-import pycountry
-from e2e.helpers import accepted_live, leads_by_applicant, raw_applicants
-from email_validator import EmailNotValidError, validate_email
+import yaml
+from e2e.helpers import (
+    accepted_live,
+    expected_country,
+    expected_email,
+    expected_phone,
+    leads_by_applicant,
+    raw_applicants,
+    usable_identity,
+)
 
 from d365.pipeline.settings import REPO_SETTINGS
 
@@ -35,37 +44,23 @@ def _text(value: Any) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
+# field → the lead column the default mapping feeds from it
+COLUMNS = {"email": "emailaddress1", "phone": "mobilephone", "citizenship": "uni_citizenship"}
+
+
 def _bad_fields(a: dict[str, Any]) -> set[str]:
-    """What the sandbox's own record gets wrong, by an independent reading of the rules."""
+    """What the sandbox's own record gets wrong, by an independent reading of the rules (e2e.helpers)."""
     bad: set[str] = set()
     email = _text(a.get("email"))
     if email is not None:
-        try:
-            validate_email(email, check_deliverability=False)
-        except EmailNotValidError:
+        if expected_email(email) is None:
             bad.add("email")
         if len(email.encode("utf-16-le")) // 2 > 100:
             bad.add("emailaddress1")
-    cit = _text(a.get("citizenship"))
-    region = None
-    if cit is not None:
-        if len(cit) == 2 and (cit.upper() == "XK" or pycountry.countries.get(alpha_2=cit.upper())):
-            region = cit.upper() if cit.upper() != "XK" else None
-        else:
-            bad.add("citizenship")
-    phone = _text(a.get("phone"))
-    if phone is not None:
-        try:
-            number = phonenumbers.parse(phone, region)
-            ok = phonenumbers.is_valid_number(number) or (
-                phone.startswith(("+", "00")) and phonenumbers.is_possible_number(number)
-            )
-        except phonenumbers.NumberParseException:
-            ok = False
-        if not ok or any(ch.isalpha() for ch in phone.replace("ext", "")):
-            bad.add("phone")
-    if _text(a.get("given")) is None and _text(a.get("family")) is None:
-        bad.add("name")
+    if _text(a.get("citizenship")) is not None and expected_country(a.get("citizenship")) is None:
+        bad.add("citizenship")
+    if _text(a.get("phone")) is not None and expected_phone(a.get("phone"), a.get("citizenship")) is None:
+        bad.add("phone")
     return bad
 
 
@@ -104,17 +99,37 @@ def test_adversarial_data_every_applicant_in_exactly_one_state(sync_env) -> None
     assert (out["created"], out["skipped_consent"], out["quarantined"]) == (len(sent), len(skipped), len(quarantined))
     assert out["created"] + out["skipped_consent"] + out["quarantined"] == len(live) == report["extracted"]
 
-    # against the sandbox's own records: every consented applicant with bad data is quarantined for it,
-    # and every quarantine is explained by its data (or, for the mapping, by a picklist option to add)
+    # against the sandbox's own records: a consented applicant is withheld only without a usable identity
+    # (or for an over-long e-mail: fit_policy quarantine in the default file); any other bad value is left
+    # out of its lead (null) and listed per applicant; every quarantine is explained by its data (or, for
+    # the mapping, by a picklist option to add)
+    issues = {r["applicant_id"]: r for r in _jsonl(run / "quality" / "field_issues.jsonl")}
+    withheld_for_data = 0
+    with_bad_values_sent = 0
     for i in eligible:
         bad = _bad_fields(raw[i])
         reasons = " ".join(quarantine.get(i, {}).get("reasons", []))
-        if bad:
-            assert i in quarantined, (i, bad)
-            for field in bad:
-                assert f"{field}:" in reasons or f"{field} (" in reasons, (i, field, reasons)
+        if not usable_identity(raw[i]):
+            assert i in quarantined and "identity: no usable" in reasons, (i, reasons)
+            withheld_for_data += 1
+        elif "emailaddress1" in bad:
+            assert i in quarantined and "emailaddress1 (email): longer than the column" in reasons, (i, reasons)
         elif i in quarantined:
             assert reasons.startswith(("no picklist option", "mapping:")), (i, reasons)
+        for field in bad & set(COLUMNS):
+            assert field in {x["field"] for x in issues[i]["issues"]}, (i, field, issues.get(i))
+            if i in sent:
+                assert leads[i].get(COLUMNS[field]) is None, (i, field)  # left out: the lead has no value
+        if bad & set(COLUMNS) and i in sent:
+            with_bad_values_sent += 1
+    assert with_bad_values_sent >= 3, "consenting applicants with an invalid phone/country/e-mail are sent"
+    assert withheld_for_data < len(eligible) * 0.05
+    # per field and reason in the summary and the report, the same as the per-applicant listing
+    counted: dict[str, dict[str, int]] = {}
+    for row in issues.values():
+        for x in {(x["field"], x["code"]) for x in row["issues"]}:
+            counted.setdefault(x[0], {}).setdefault(x[1], 0)
+            counted[x[0]][x[1]] += 1
     for i in sent:  # long names are cut (truncate policy), shared e-mails both sent
         family = unicodedata.normalize("NFC", _text(raw[i]["family"]) or "")
         if len(family) > 50:
@@ -126,9 +141,13 @@ def test_adversarial_data_every_applicant_in_exactly_one_state(sync_env) -> None
     assert quality["summary"].endswith("quality/summary.md") and quality["gx_result"].endswith("gx_result.json")
     summary = json.loads((run / "quality" / "summary.json").read_text())
     assert {b["check"]: b["ok"] for b in summary["batch"]} == {"row_count_vs_api": True, "invalid_fraction": True}
+    assert summary["field_issues"] == counted and set(counted) >= {"phone", "email", "citizenship"}
+    assert quality["field_issues"] == counted and quality["field_issues_file"].endswith("field_issues.jsonl")
+    assert "## Field issues" in (run / "quality" / "summary.md").read_text()
     gx = json.loads((run / "quality" / "gx_result.json").read_text())
     assert gx["statistics"]["evaluated_expectations"] >= 10
-    texts = [(run / "quality" / n).read_text() for n in ("quarantine.jsonl", "gx_result.json", "summary.md")]
+    names = ("quarantine.jsonl", "gx_result.json", "summary.md", "field_issues.jsonl")
+    texts = [(run / "quality" / n).read_text() for n in names]
     texts += [(run / "report.json").read_text(), (run / "transform" / "outcomes.jsonl").read_text()]
     personal = set()
     for i in live:
@@ -153,9 +172,9 @@ def test_adversarial_data_every_applicant_in_exactly_one_state(sync_env) -> None
 
 def test_the_threshold_stops_the_run_before_any_request_reaches_dynamics(sync_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = tmp_path / "settings.yaml"
-    settings.write_text(
-        REPO_SETTINGS.read_text() + "\nquality:\n  max_invalid_fraction: 0.01\n  min_rows_for_threshold: 5\n"
-    )
+    data = yaml.safe_load(REPO_SETTINGS.read_text())
+    data["quality"] |= {"max_invalid_fraction": 0.01, "min_rows_for_threshold": 5}
+    settings.write_text(yaml.safe_dump(data, allow_unicode=True))
     env = sync_env(settings=settings, applicants=60)
     before = env.client.last_seq()
     run = env.run()
@@ -181,3 +200,48 @@ def test_the_threshold_stops_the_run_before_any_request_reaches_dynamics(sync_en
     report = json.loads((folder / "report.json").read_text())
     assert report["quality"]["ok"] is False and report["quality"]["batch_failures"]
     assert report["outcomes"]["created"] == 0
+
+
+def test_an_invalid_value_in_an_edit_clears_the_old_one_and_a_malformed_record_is_quarantined(sync_env) -> None:  # type: ignore[no-untyped-def]
+    """Field policy ``drop`` end to end: an edit that makes the phone or the citizenship invalid sends the
+    update with the column null, and Dynamics no longer holds the old value; the applicant stays a lead. An
+    applicant DreamApply starts serving malformed (a name as a string) is quarantined with its id, the run
+    succeeds, and its lead keeps what it had."""
+    env = sync_env(applicants=3)
+    person = {"middle": None, "citizenship": "EE", "consents": {"1": "Accept"}}
+    specs = [
+        person | {"given": "Kadri", "family": "Phoneedit", "email": "kadri.pe@example.ee", "phone": "+372 5123 4501"},
+        person | {"given": "Mart", "family": "Countryedit", "email": "mart.ce@example.ee", "phone": "+372 5123 4502"},
+        person | {"given": "Liis", "family": "Wireedit", "email": "liis.we@example.ee", "phone": "+372 5123 4503"},
+    ]
+    phone_id, country_id, wire_id = env.client.post("/dreamapply/applicants", specs)["ids"]
+    assert env.run().state == "success"
+    before = leads_by_applicant(env.leads())
+    assert before[phone_id]["mobilephone"] == "+37251234501" and before[country_id]["uni_citizenship"] == "EE"
+
+    env.client.edit_applicant(phone_id, phone="(555) 123-4567")
+    env.client.edit_applicant(country_id, citizenship="UK")
+    env.client.serve_malformed(wire_id, set={"name": "Liis Wireedit"})
+    assert env.run().state == "success"
+    after = leads_by_applicant(env.leads())
+    assert after[phone_id].get("mobilephone") is None  # cleared in Dynamics, not kept
+    assert after[phone_id]["lastname"] == "Phoneedit" and after[phone_id]["emailaddress1"] == "kadri.pe@example.ee"
+    assert after[country_id].get("uni_citizenship") is None and after[country_id]["mobilephone"] == "+37251234502"
+    assert after[wire_id] == before[wire_id]  # quarantined: the lead keeps what it had
+    report = env.reports()[-1]
+    assert report["outcomes"]["updated"] == 2 and report["outcomes"]["quarantined"] == 1
+
+    run = _newest_run(env)
+    (held,) = _jsonl(run / "quality" / "quarantine.jsonl")
+    assert held == {
+        "applicant_id": wire_id,
+        "row": held["row"],
+        "reasons": ["record: malformed (name: text instead of an object)"],
+    }
+    listed = {r["applicant_id"]: r for r in _jsonl(run / "quality" / "field_issues.jsonl")}
+    assert listed[phone_id]["state"] == "lead" and listed[country_id]["state"] == "lead"
+    assert listed[phone_id]["issues"] == [
+        {"field": "phone", "code": "invalid", "reason": "phone: not parseable to E.164", "action": "drop"}
+    ]
+    assert [i["field"] for i in listed[country_id]["issues"]] == ["citizenship"]
+    assert report["quality"]["field_issues"] == {"citizenship": {"invalid": 1}, "phone": {"invalid": 1}}
