@@ -163,3 +163,27 @@ def expected_profile(a: dict[str, Any], default_region: str | None = None) -> di
         "mobilephone": expected_phone(a.get("phone"), a.get("citizenship"), default_region),
         "uni_citizenship": expected_country(a.get("citizenship")),
     }
+
+
+ISSUE_FIELDS = ("name_given", "name_middle", "name_family", "name_full", "email", "phone", "citizenship")
+
+
+def expected_field_issues(a: dict[str, Any], default_region: str | None = None) -> set[str]:
+    """The fields of ``ISSUE_FIELDS`` a raw record holds an invalid value in (present, but unusable)."""
+    texts = {
+        "name_given": a.get("given"),
+        "name_middle": a.get("middle"),
+        "name_family": a.get("family"),
+        "name_full": full_name(a),
+    }
+    bad = {f for f, v in texts.items() if isinstance(v, str) and v.strip() and wrongly_encoded(v)}
+    email = a.get("email").strip() if isinstance(a.get("email"), str) else ""
+    if email and (expected_email(email) is None or len(email) > COLUMN_LIMITS["emailaddress1"]):
+        bad.add("email")
+    phone = a.get("phone").strip() if isinstance(a.get("phone"), str) else ""
+    if phone and expected_phone(phone, a.get("citizenship"), default_region) is None:
+        bad.add("phone")
+    citizenship = a.get("citizenship").strip() if isinstance(a.get("citizenship"), str) else ""
+    if citizenship and expected_country(citizenship) is None:
+        bad.add("citizenship")
+    return bad

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from e2e.helpers import (
+    ISSUE_FIELDS,
+    expected_field_issues,
     expected_profile,
     leads_by_applicant,
     personal_patterns,
     raw_applicants,
     usable_identity,
-    wrongly_encoded,
 )
 
 from d365.pipeline.settings import DEFAULT_WITHDRAWAL_FLAGS, load_settings
@@ -175,12 +176,22 @@ class Days:
             )
             for aid in aids:
                 assert field in listed.get(aid, set()), f"step {self.step}: {field} issue of {aid} not listed"
-        for aid, fields in listed.items():  # nothing listed that the raw data does not explain
-            a = raw.get(aid)
-            if a is not None and not a["erased"] and a.get("wire") is None:
-                for field in fields & {"name_given", "name_family", "name_middle"}:
-                    value = a.get(field.removeprefix("name_"))
-                    assert value is None or wrongly_encoded(value) or not value.strip(), (aid, field)
+        # every applicant read in this run: the issues listed are exactly those its raw record holds
+        extracted = {r.get("applicant_id") for r in _jsonl(folder / "extract" / "applicants.jsonl")}
+        wrong = []
+        checked = sorted(a for a in extracted if isinstance(a, int) and a in raw and raw[a].get("wire") is None)
+        assert set().union(*self.placed.values()) <= set(checked), f"step {self.step}: placed applicants not read"
+        for aid in checked:
+            want = expected_field_issues(raw[aid], self.default_region)
+            got = listed.get(aid, set()) & set(ISSUE_FIELDS)
+            if want != got:
+                wrong.append(f"{aid}: listed {sorted(got)}, expected {sorted(want)}")
+        assert not wrong, f"step {self.step}: per-applicant field issues:\n" + "\n".join(wrong[:20])
+        # the summary's counts are the listing's, per field
+        rows = _jsonl(folder / "quality" / "field_issues.jsonl")
+        for field, counts in per_field.items():
+            listed_count = sum(1 for r in rows for i in r.get("issues") or () if i.get("field") == field)
+            assert sum(counts.values()) == listed_count, (self.step, field, counts, listed_count)
 
 
 def _profile(lead: dict[str, Any]) -> dict[str, Any]:
