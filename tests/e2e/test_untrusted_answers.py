@@ -266,3 +266,43 @@ def test_a_lying_reconciliation_query_marks_no_lead_deleted(
     assert env.run().state == "success"
     again = leads_by_applicant(env.leads())
     assert set(again) == set(leads) and again[gone]["leadid"] == leads[gone]["leadid"]  # recreated, no duplicate
+
+
+# -- applicants that stay unreadable are carried, not lost ----------------------------------------------
+def test_applicants_the_journal_names_but_that_cannot_be_read_are_carried_to_the_next_run(
+    sync_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from d365.pipeline.report import summary_text
+
+    env = sync_env(applicants=30)
+    fast_retries(monkeypatch)
+    assert env.run().state == "success"
+    instance = instance_of(env)
+    edited = Window(env).sent()[:2]
+    before = leads_by_applicant(env.leads())
+    for aid in edited:
+        change = {"family": f"Carried-{aid}"}
+        env.client.http.patch(f"{env.client.admin_url}/dreamapply/applicants/{aid}", json=change).raise_for_status()
+    # the new-applicant scan (1st applicants request) is true; every range read of the changed ones is a page
+    env.client.add_fault(
+        kind="html", server="dreamapply", method="GET", path="^/api/v9/applicants$", nth=2, times=10_000
+    )
+    assert env.run().state == "success"  # the rest of the window went through
+    assert fired(env) >= 3  # each range read tried by the hook, then given up for this run
+    report = env.reports()[-1]
+    assert report["carried_to_next_run"] == sorted(edited) and report["extract"]["carried"] == 2
+    assert "carried to next run: 2" in summary_text(report)
+    assert with_ledger(env, lambda ledger: carried_ids(ledger, instance)) == dict.fromkeys(edited, 1)
+    now = leads_by_applicant(env.leads())
+    assert all(now[aid]["lastname"] == before[aid]["lastname"] for aid in edited)  # not read: not written
+    # the journal cursor moved past their events: safe, because they are carried
+    cursors = with_ledger(env, lambda ledger: ledger.cursors(instance))
+    assert cursors["journal_event_id"] == env.client.get("/dreamapply/stats")["last_event_id"]
+
+    env.client.clear_faults()
+    assert env.run().state == "success"
+    after = leads_by_applicant(env.leads())
+    assert [after[aid]["lastname"] for aid in edited] == [f"Carried-{aid}" for aid in edited]
+    assert with_ledger(env, lambda ledger: carried_ids(ledger, instance)) == {}
+    report = env.reports()[-1]
+    assert report["carried_to_next_run"] == [] and report["extract"]["carried_read"] == 2
