@@ -1,0 +1,134 @@
+"""The sync lock as the steps use it: wait, give up naming the holder, renew, lose it, release; the command."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from d365 import steps
+from d365.pipeline import lock
+from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, LockLost
+
+INSTANCE = "apply.example.edu"
+
+
+@pytest.fixture
+def ledger_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+def run_context(tmp_path: Path, ledger_url: str, run_id: str, *, require_lock: bool = True) -> steps.RunContext:
+    folder = tmp_path / "runs" / run_id
+    folder.mkdir(parents=True)
+    (folder / steps.PREFLIGHT).write_text(json.dumps({"instance": INSTANCE}))
+    return steps.RunContext.create(
+        "dag", run_id, {}, run_folder=f"file://{folder}", ledger_url=ledger_url, require_lock=require_lock
+    )
+
+
+def test_a_second_run_waits_then_fails_naming_the_holder(
+    tmp_path: Path, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(lock.WAIT_ENV, "0.2")
+    holder = run_context(tmp_path, ledger_url, "scheduled__2026-01-01")
+    waiting = run_context(tmp_path, ledger_url, "backfill__2025-12-31")
+    doc = steps.lock_step(holder, dagrun_timeout=3600)
+    assert doc is not None and doc["generation"] == 1 and doc["ttl_seconds"] == 3600 and doc["waited_for"] == []
+
+    assert steps.lock_step(waiting) is None  # held: the sensor asks again later
+    (wait,) = waiting.folder.read_jsonl(steps.LOCK_WAITS)
+    assert wait["holder"] == "scheduled__2026-01-01"
+    time.sleep(0.25)
+    with pytest.raises(AirflowFailException) as info:
+        steps.lock_step(waiting)
+    message = str(info.value)
+    assert "scheduled__2026-01-01" in message and INSTANCE in message and lock.RELEASE_COMMAND in message
+    assert waiting.folder.read_json(steps.LOCK) is None  # it never took the lock
+
+
+def test_the_waiting_run_goes_ahead_once_the_holder_released(tmp_path: Path, ledger_url: str) -> None:
+    holder = run_context(tmp_path, ledger_url, "r1")
+    waiting = run_context(tmp_path, ledger_url, "r2")
+    steps.lock_step(holder)
+    assert steps.lock_step(waiting) is None
+    assert steps.release_lock(holder) == 1
+    doc = steps.lock_step(waiting)
+    assert doc is not None and doc["generation"] == 2 and doc["waited_for"] == ["r1"] and doc["waited_seconds"] > 0
+    assert waiting.hold_lock(Ledger(ledger_url), "extract") == 2
+    assert steps.release_lock(holder) == 0  # releasing twice, or someone else's lock: nothing happens
+
+
+def test_a_step_stops_when_its_run_lost_the_lock(tmp_path: Path, ledger_url: str) -> None:
+    first = run_context(tmp_path, ledger_url, "r1")
+    steps.lock_step(first)
+    ledger = Ledger(ledger_url)
+    try:
+        assert first.hold_lock(ledger, "extract") == 1
+        assert ledger.clear_lock(INSTANCE) == "r1"  # an operator freed it, thinking r1 dead
+        assert ledger.acquire_lock(INSTANCE, "r2", ttl_seconds=60).held
+        with pytest.raises(AirflowFailException, match="no longer holds the sync lock") as info:
+            first.hold_lock(ledger, "plan")
+        assert "run r2" in str(info.value)
+        # the cursors do not move for a run that lost the lock, whatever the commit step would do
+        with pytest.raises(LockLost):
+            ledger.advance_cursors(INSTANCE, fence=first.lock_fence(), applicant_id=99)
+        assert ledger.cursors(INSTANCE)["applicant_id"] == 0
+        ledger.advance_cursors(INSTANCE, fence=("r2", 2), applicant_id=99)
+        assert ledger.cursors(INSTANCE)["applicant_id"] == 99
+    finally:
+        ledger.dispose()
+
+
+def test_in_the_dag_a_step_without_the_lock_refuses(tmp_path: Path, ledger_url: str) -> None:
+    rc = run_context(tmp_path, ledger_url, "r1")  # the lock task never ran
+    with pytest.raises(AirflowFailException, match="did not take the sync lock"):
+        rc.hold_lock(Ledger(ledger_url), "extract")
+    outside = run_context(tmp_path, ledger_url, "r2", require_lock=False)  # a direct caller (tests, scripts)
+    assert outside.hold_lock(Ledger(ledger_url), "extract") is None
+
+
+def test_commit_writes_with_the_generation_moves_cursors_and_releases(tmp_path: Path, ledger_url: str) -> None:
+    rc = run_context(tmp_path, ledger_url, "r1")
+    doc = steps.lock_step(rc)
+    assert doc is not None
+    rc.folder.write_jsonl(steps.TRANSFORM_OUTCOMES, [{"applicant_id": 5, "state": "skipped_consent", "reason": "x"}])
+    rc.folder.write_json(steps.EXTRACT_META, {"cursors": {"applicant_id": 10, "journal_event_id": 20}})
+    ledger = Ledger(ledger_url)
+    try:
+        # a newer generation wrote applicant 5 already: this run's commit must not replace it
+        ledger.record(INSTANCE, [LedgerUpdate(5, LeadState.SENT, lead_id="L5", payload_hash="h")], version=7)
+        steps.commit_step(rc)
+        assert ledger.entries(INSTANCE, [5])[5].state is LeadState.SENT
+        assert ledger.cursors(INSTANCE) == {"applicant_id": 10, "journal_event_id": 20}
+        assert ledger.lock_holder(INSTANCE).run_id is None
+    finally:
+        ledger.dispose()
+
+
+def test_ttl_follows_the_dag_run_timeout_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert lock.ttl_seconds(21600) == 21600
+    assert lock.ttl_seconds(None) == lock.DEFAULT_TTL_SECONDS
+    monkeypatch.setenv(lock.TTL_ENV, "900")
+    assert lock.ttl_seconds(21600) == 900
+    for bad in ("-1", "0", "inf", "soon"):
+        monkeypatch.setenv(lock.WAIT_ENV, bad)
+        with pytest.raises(ValueError, match=lock.WAIT_ENV):
+            lock.wait_seconds()
+
+
+def test_operator_command_shows_and_clears_a_stale_lock(ledger_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert lock.main(["--ledger-url", ledger_url, "status"]) == 0
+    assert "no sync has taken a lock yet" in capsys.readouterr().out
+    Ledger(ledger_url).acquire_lock(INSTANCE, "dead__run", ttl_seconds=3600)
+    lock.main(["--ledger-url", ledger_url, "status"])
+    out = capsys.readouterr().out
+    assert f"{INSTANCE}: held; run dead__run (generation 1" in out
+    assert lock.main(["--ledger-url", ledger_url, "release", "--instance", INSTANCE]) == 0
+    assert "released the lock of run dead__run" in capsys.readouterr().out
+    lock.main(["--ledger-url", ledger_url, "status"])
+    assert f"{INSTANCE}: free" in capsys.readouterr().out
+    assert Ledger(ledger_url).acquire_lock(INSTANCE, "next", ttl_seconds=60).held
