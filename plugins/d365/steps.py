@@ -515,7 +515,8 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
     ledger = Ledger(rc.ledger_url)
     try:
         rc.hold_lock(ledger, "plan")
-        failed = ledger.ids_in_state(instance, LeadState.FAILED)
+        # failed (retried) and erasing (an erasure whose scrub has not succeeded yet: finished this run)
+        failed = ledger.ids_in_state(instance, LeadState.FAILED, LeadState.ERASING)
         entries = ledger.entries(instance, [*(m.applicant_id for m in mapped), *skipped, *erased_ids, *failed])
         parked = {r.applicant_id for r in parked_records(ledger, instance)}
     finally:
@@ -715,13 +716,15 @@ def _lookup_existing(
 
     if key_col:
         for row in fetch(key_col, sorted({str(m.applicant_id) for m in unknown})):
-            if row.get(key_col):
-                by_key.setdefault(str(row[key_col]), existing(row))
+            lead = existing(row)
+            if lead.applicant_key:
+                by_key.setdefault(str(lead.applicant_key), lead)
     if s.dedupe.adopt_existing_by_email:
         emails = sorted({m.email.strip().lower() for m in unknown if m.email and m.email.strip()})
         for row in fetch(email_column, emails):
-            if row.get(email_column):
-                by_email.setdefault(row[email_column].strip().lower(), []).append(existing(row))
+            lead = existing(row)  # checked before any value is used
+            if lead.email:
+                by_email.setdefault(lead.email.strip().lower(), []).append(lead)
     return requests
 
 
@@ -729,8 +732,6 @@ def _lookup_existing(
 def commit_step(rc: RunContext) -> dict[str, Any]:
     """After the load: record the non-write outcomes, finish the erasures (ledger scrubbed, applicants
     removed from every run folder) and advance the cursors (never before)."""
-    from d365.pipeline.privacy import personal_columns, scrub_run_files
-
     instance = rc.instance
     outcomes = list(rc.folder.read_jsonl(TRANSFORM_OUTCOMES))
     meta = rc.folder.read_json(EXTRACT_META) or {}
@@ -751,14 +752,15 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
             state = LeadState(o["state"])
             entry = entries.get(aid)
             if entry is not None and (
-                entry.state is LeadState.ERASED
+                entry.state in (LeadState.ERASED, LeadState.ERASING)
                 or (entry.state is LeadState.WITHDRAWN and state is LeadState.SKIPPED_CONSENT)
             ):
                 continue  # still withdrawn (or erased): keep that state and its reason
             updates.append(LedgerUpdate(aid, state, reason=o.get("reason")))
         ledger.record(instance, updates, run_id=rc.run_id, version=version)
 
-        # erasures: without a lead (no request) recorded now; with a lead done when the load says so
+        # erasures: without a lead (no request), or whose CRM action an earlier run did (state erasing), pending
+        # now; with a lead done when the load says so (the load recorded them erasing). Erased only after the scrub.
         done: dict[int, str] = {}
         failures: list[dict[str, Any]] = []
         fresh: list[LedgerUpdate] = []
@@ -766,10 +768,10 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
             reason = op.reason or "erased"
             if op.action == ERASED:
                 entry = entries.get(aid)
-                if entry is not None and entry.state is LeadState.ERASED:
+                if entry is not None and entry.state in (LeadState.ERASED, LeadState.ERASING):
                     reason = entry.reason or reason
                 else:
-                    fresh.append(LedgerUpdate(aid, LeadState.ERASED, reason=reason))
+                    fresh.append(LedgerUpdate(aid, LeadState.ERASING, reason=reason))
                 done[aid] = reason
                 continue
             row = results.get(aid, {})
@@ -784,6 +786,9 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
                     }
                 )
         ledger.record(instance, fresh, run_id=rc.run_id, version=version)
+        # the run files before the ledger: the ledger says erased only once no run file holds the applicant. A
+        # failed scrub fails the commit; the erasure stays pending (erasing / failed) and the next run retries it.
+        scrubbed = _scrub_run_files(rc, erasing) if erasing else 0
         by_reason: dict[str, list[int]] = {}
         for aid, reason in done.items():
             by_reason.setdefault(reason, []).append(aid)
@@ -803,15 +808,6 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
         raise AirflowFailException(str(exc)) from None
     finally:
         ledger.dispose()
-    scrubbed = 0
-    if erasing:
-        # every erased applicant leaves the run folders, a failed Dynamics action included: the ledger keeps
-        # what the retry needs (applicant id, lead id, reason)
-        keys = personal_columns(rc.settings)
-        root = default_run_root()
-        scrubbed = scrub_run_files(root, erasing, personal_keys=keys)
-        if not rc.folder.url.startswith(root.rstrip("/") + "/"):
-            scrubbed += scrub_run_files(rc.folder.url, erasing, personal_keys=keys)
     rc.folder.write_json(COMMIT_PRIVACY, {"erased": len(done), "erase_failures": failures, "scrubbed": scrubbed})
     rc.folder.write_json(COMMIT_PARKED, {"newly_parked": [r.to_json() for r in newly_parked], "total": parked_now})
     if newly_parked:
@@ -833,6 +829,20 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
     )
     release_lock(rc)  # the cursors have moved: the next run of this instance may read them
     return {"cursors": cursors, "erased": len(done), "withdrawn": len(withdrawing)}
+
+
+def _scrub_run_files(rc: RunContext, applicant_ids: Iterable[int]) -> int:
+    """Every erased applicant leaves every run folder, a failed Dynamics action included (the ledger keeps what
+    the retry needs: applicant id, lead id, reason). Raises when a file cannot be rewritten."""
+    from d365.pipeline.privacy import personal_columns, scrub_run_files
+
+    ids = sorted(applicant_ids)
+    keys = personal_columns(rc.settings)
+    root = default_run_root()
+    scrubbed = scrub_run_files(root, ids, personal_keys=keys)
+    if not rc.folder.url.startswith(root.rstrip("/") + "/"):
+        scrubbed += scrub_run_files(rc.folder.url, ids, personal_keys=keys)
+    return scrubbed
 
 
 def _applicant_id(value: Any) -> int | None:
