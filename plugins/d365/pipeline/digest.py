@@ -115,7 +115,8 @@ def _parked_lines(parked: Mapping[str, Any], newly_parked: list[Mapping[str, Any
 
 
 def send_digest(settings: Any, report: Mapping[str, Any]) -> bool:
-    """One digest mail for this run when it has record-level failures or quarantines (``alerts.digest``)."""
+    """One digest mail for this run when it has record-level failures, quarantines or newly parked records
+    (``alerts.digest``)."""
     if not settings.alerts.digest:
         return False
     message = build_digest(report, max_ids=settings.alerts.max_ids_per_cause)
