@@ -25,12 +25,14 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,6 +40,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -165,8 +168,74 @@ def _close(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
+# Dataverse logical names: lower-case SchemaNames (see /work/shared/reference/dataverse-web-api.md §3): a letter,
+# then lower-case letters, digits and underscores; at most 50 characters. Column names from the settings go
+# into URLs, $select and $filter: nothing else may pass.
+LOGICAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,49}")
+
+
+def check_logical_name(value: str) -> str:
+    """``value`` if it is a Dataverse logical name, else a ValueError saying the rule."""
+    if not isinstance(value, str) or not LOGICAL_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a logical name (lower-case letters, digits and underscores, starting with a "
+            "letter, at most 50 characters; e.g. 'firstname' or 'uni_applicantid')"
+        )
+    return value
+
+
+# A column (or table) logical name in the settings.
+LogicalName = Annotated[str, AfterValidator(check_logical_name)]
+# A share between 0 and 1 (a YAML number; true/false or text is refused, see ``_Model``).
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+def _scalar_kinds(annotation: Any) -> set[str]:
+    """The scalar kinds a field's type accepts: bool, int, float, str, or "other" (models, lists, Any)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _scalar_kinds(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return set().union(*(_scalar_kinds(arg) for arg in get_args(annotation)))
+    if origin is Literal:
+        return {type(v).__name__ for v in get_args(annotation)} & {"bool", "int", "float", "str"} or {"other"}
+    if annotation is type(None):
+        return set()
+    if annotation in (bool, int, float, str):
+        return {annotation.__name__}
+    return {"other"}
+
+
+def _strict_scalar(kinds: set[str], value: Any) -> Any:
+    """Refuse what pydantic's lax mode would convert silently: true/false as a number, a number as true/false,
+    a number written as text, a fraction where a whole number belongs."""
+    if "other" in kinds or not kinds:
+        return value
+    numeric = kinds & {"int", "float"}
+    if isinstance(value, bool):
+        if "bool" not in kinds and numeric:
+            raise ValueError(f"expected a number, got {str(value).lower()} (true/false is not a number)")
+    elif isinstance(value, int | float):
+        if "bool" in kinds and not numeric and "str" not in kinds:
+            raise ValueError(f"expected true or false, got {value!r} (a number is not a boolean)")
+        if isinstance(value, float) and kinds & {"int"} and not kinds & {"float"} and "str" not in kinds:
+            raise ValueError(f"expected a whole number, got {value!r}")
+    elif isinstance(value, str) and numeric and "str" not in kinds:
+        raise ValueError(f"expected a number, got the text {value!r} (write numbers without quotes)")
+    return value
+
+
 class _Model(BaseModel):
+    """Every settings section: unknown keys fail, and a value keeps its YAML type: true/false is never read as
+    a number, a number never as true/false, quoted text never as a number (pydantic's lax mode would)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return value if field is None else _strict_scalar(_scalar_kinds(field.annotation), value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,9 +245,9 @@ class _Model(BaseModel):
 
 class DynamicsSettings(_Model):
     connection_id: str = "dynamics365_default"
-    entity: str = "lead"
-    alternate_key: str | None = "uni_applicantid"
-    instance_column: str | None = "uni_dreamapplyinstance"
+    entity: LogicalName = "lead"
+    alternate_key: LogicalName | None = "uni_applicantid"
+    instance_column: LogicalName | None = "uni_dreamapplyinstance"
 
 
 class DreamApplySettings(_Model):
@@ -255,7 +324,7 @@ class ConsentSettings(_Model):
     undecided_counts_as: Literal["not_given"] = "not_given"
     on_withdrawal: Literal["flag", "deactivate", "delete"] = "flag"
     # "flag": these Boolean lead columns are set to 1 (Do Not Allow); the lead is no longer updated.
-    withdrawal_flags: tuple[str, ...] = DEFAULT_WITHDRAWAL_FLAGS
+    withdrawal_flags: tuple[LogicalName, ...] = DEFAULT_WITHDRAWAL_FLAGS
 
     def resolve(self, catalog_consents: Mapping[str, Any]) -> tuple[set[int], list[str]]:
         return resolve_consents(self.required, catalog_consents)
@@ -356,7 +425,7 @@ class FitOverride(_Model):
 class FitPolicySettings(_Model):
     too_long: Literal["truncate", "quarantine"] = "truncate"
     wrong_type: Literal["quarantine"] = "quarantine"
-    overrides: dict[str, FitOverride] = Field(default_factory=dict)
+    overrides: dict[LogicalName, FitOverride] = Field(default_factory=dict)
 
 
 FieldPolicy = Literal["drop", "send_as_entered", "quarantine"]
@@ -387,15 +456,15 @@ class QualitySettings(_Model):
     limits fail the run before any write."""
 
     # More than this fraction of the extracted applicants invalid → the run stops before the load.
-    max_invalid_fraction: float = Field(0.25, ge=0, le=1)
+    max_invalid_fraction: Fraction = 0.25
     # The fraction applies only from this many rows on (a run with 3 applicants and 1 bad one is fine).
     min_rows_for_threshold: StrictInt = Field(20, ge=0)
     # A full extract may not shrink by more than this fraction against the previous full extract.
-    max_drop_fraction: float = Field(0.5, ge=0, le=1)
+    max_drop_fraction: Fraction = 0.5
     # Compare a full extract's row count with DreamApply's X-Count (HEAD /applicants).
     check_api_count: StrictBool = True
     # The count may differ by this fraction of X-Count, rounded up (applicants registered during the run).
-    api_count_tolerance: float = Field(0.01, ge=0, le=1)
+    api_count_tolerance: Fraction = 0.01
     # An applicant without a usable e-mail address is quarantined: the same as adding [email] to ``identity``
     # (false: sent without one; the lead allows it).
     quarantine_missing_email: StrictBool = False
@@ -519,7 +588,7 @@ class RetentionSettings(_Model):
 
 class DedupeSettings(_Model):
     adopt_existing_by_email: StrictBool = True
-    email_column: str = "emailaddress1"
+    email_column: LogicalName = "emailaddress1"
 
 
 class LeadStageSettings(_Model):
@@ -666,8 +735,7 @@ class Settings(_Model):
         if not value:
             raise ValueError("map at least one lead attribute")
         for attribute in value:
-            if attribute != attribute.lower() or not re.fullmatch(r"[a-z][a-z0-9_]*", attribute):
-                raise ValueError(f"{attribute!r} is not a logical name (lower-case, e.g. 'firstname')")
+            check_logical_name(attribute)
         return value
 
     @model_validator(mode="after")
@@ -817,8 +885,8 @@ def friendly_errors(exc: ValidationError) -> list[str]:
             lines.append(f"{_loc(loc)}: required key is missing")
             continue
         msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        # pydantic adds the function name of a before-validator to the path; drop it
-        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+        # pydantic adds the function name of a before-validator, and "[key]" for a bad mapping key, to the path
+        loc = tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
         value = err.get("input")
         if kind not in ("value_error", "assertion_error") and isinstance(value, str | int | float):
             msg += f" (got {value!r})"

@@ -336,3 +336,140 @@ def test_error_message_names_the_file(tmp_path: Path) -> None:
     text = str(info.value)
     assert str(path) in text and "data_mapping.firstname.sorce: unknown key; did you mean 'source'?" in text
     assert info.value.path == path
+
+
+# -- strict values: YAML types are kept, column names are logical names, every error names its key --------------
+
+INJECTION = "emailaddress1') or (true"
+
+
+def _sections() -> dict[str, type]:
+    """Settings keys whose value is a section model (dynamics, quality, parking, ...), whoever added them."""
+    out = {}
+    for key, field in settings_mod.Settings.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, settings_mod._Model):
+            out[key] = field.annotation
+    return out
+
+
+def _numeric_keys() -> list[tuple[str, str]]:
+    keys = [("", "version")]
+    for section, model in _sections().items():
+        for key, field in model.model_fields.items():
+            kinds = settings_mod._scalar_kinds(field.annotation)
+            if kinds and kinds <= {"int", "float"}:
+                keys.append((section, key))
+    return keys
+
+
+def _bool_keys() -> list[tuple[str, str]]:
+    keys = [("", k) for k, f in settings_mod.Settings.model_fields.items() if f.annotation is bool]
+    for section, model in _sections().items():
+        keys += [
+            (section, k) for k, f in model.model_fields.items() if settings_mod._scalar_kinds(f.annotation) == {"bool"}
+        ]
+    return keys
+
+
+def _at(section: str, key: str, value: object) -> dict:
+    return with_(**({section: {key: value}} if section else {key: value}))
+
+
+@pytest.mark.parametrize(("section", "key"), _numeric_keys(), ids=lambda v: v or "top")
+def test_booleans_and_quoted_text_are_not_numbers(section: str, key: str) -> None:
+    path = f"{section}.{key}" if section else key
+    for value, says in ((True, "true/false is not a number"), (False, "true/false is not a number"), ("1", "text")):
+        errs = errors_of(_at(section, key, value))
+        assert len(errs) == 1 and errs[0].startswith(f"{path}: ") and says in errs[0], (value, errs)
+
+
+@pytest.mark.parametrize(("section", "key"), _bool_keys(), ids=lambda v: v or "top")
+def test_numbers_are_not_booleans(section: str, key: str) -> None:
+    path = f"{section}.{key}" if section else key
+    for value in (1, 0, "yes"):
+        errs = errors_of(_at(section, key, value))
+        assert len(errs) == 1 and errs[0].startswith(f"{path}: "), (value, errs)
+
+
+def test_the_quality_gate_cannot_be_switched_off_by_a_boolean() -> None:
+    """``max_invalid_fraction: true`` was read as 1.0: the gate was off."""
+    (err,) = errors_of(with_(quality={"max_invalid_fraction": True}))
+    assert err == "quality.max_invalid_fraction: expected a number, got true (true/false is not a number)"
+    assert parse_settings(with_(quality={"max_invalid_fraction": 1})).quality.max_invalid_fraction == 1.0
+
+
+def test_fractions_lie_between_zero_and_one() -> None:
+    fractions = [
+        (section, key)
+        for section, model in _sections().items()
+        for key, field in model.model_fields.items()
+        if key.endswith("_fraction") or key.endswith("_tolerance")
+    ]
+    assert ("quality", "max_invalid_fraction") in fractions and ("quality", "api_count_tolerance") in fractions
+    for section, key in fractions:
+        for bad in (-0.01, 1.01, float("nan"), float("inf")):
+            (err,) = errors_of(_at(section, key, bad))
+            assert err.startswith(f"{section}.{key}: "), err
+        for good in (0, 0.5, 1):
+            parse_settings(_at(section, key, good))
+
+
+def test_whole_numbers_stay_whole() -> None:
+    (err,) = errors_of(with_(pause={"window_minutes": 60.5}))
+    assert err == "pause.window_minutes: expected a whole number, got 60.5"
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        (with_(dedupe={"email_column": INJECTION}), "dedupe.email_column"),
+        (with_(dynamics={"alternate_key": INJECTION}), "dynamics.alternate_key"),
+        (with_(dynamics={"instance_column": "Uni_DreamApplyInstance"}), "dynamics.instance_column"),
+        (with_(dynamics={"entity": "lead$"}), "dynamics.entity"),
+        (with_(consent={"withdrawal_flags": ["donotemail", "donotphone eq true"]}), "consent.withdrawal_flags.1"),
+        (with_(fit_policy={"overrides": {INJECTION: {"too_long": "truncate"}}}), f"fit_policy.overrides.{INJECTION}"),
+        ({"data_mapping": {INJECTION: "applicant.name.family"}}, "data_mapping"),
+        ({"data_mapping": {"1stname": "applicant.name.given"}}, "data_mapping"),
+        ({"data_mapping": {"a" * 51: "applicant.name.given"}}, "data_mapping"),
+        ({"data_mapping": {"_firstname": "applicant.name.given"}}, "data_mapping"),
+    ],
+)
+def test_column_names_are_dataverse_logical_names(data: dict, path: str) -> None:
+    (err,) = errors_of(data)
+    assert err.startswith(f"{path}: ") and "is not a logical name" in err and "at most 50 characters" in err, err
+
+
+def test_logical_names_up_to_fifty_characters_pass() -> None:
+    name = "uni_" + "x" * 46
+    s = parse_settings(
+        {
+            "data_mapping": {name: "applicant.name.family", "lastname": "applicant.name.family"},
+            "dynamics": {"alternate_key": None, "instance_column": "new_instance2"},
+            "dedupe": {"email_column": "emailaddress2"},
+            "consent": {"withdrawal_flags": ["donotemail"]},
+            "fit_policy": {"overrides": {name: {"too_long": "quarantine"}}},
+        }
+    )
+    assert len(name) == 50 and s.too_long_policy(name) == "quarantine"
+    assert s.dynamics.alternate_key is None and s.dedupe.email_column == "emailaddress2"
+
+
+def test_every_error_is_reported_with_its_key_at_once() -> None:
+    errs = errors_of(
+        with_(
+            quality={"max_invalid_fraction": True, "max_drop_fraction": 2},
+            dedupe={"email_column": INJECTION},
+            send_all_new=1,
+        )
+    )
+    assert sorted(e.split(":", 1)[0] for e in errs) == [
+        "dedupe.email_column",
+        "quality.max_drop_fraction",
+        "quality.max_invalid_fraction",
+        "send_all_new",
+    ]
+
+
+def test_constants_may_still_be_any_scalar() -> None:
+    s = parse_settings({"data_mapping": {"donotemail": {"constant": True}, "lastname": {"constant": "x"}}})
+    assert s.data_mapping["donotemail"].constant is True
