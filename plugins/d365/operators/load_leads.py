@@ -53,7 +53,8 @@ TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 # what a privacy write becomes in the ledger and in load/results.jsonl
-PRIVACY_OUTCOMES = {WITHDRAW: ("withdrawn", LeadState.WITHDRAWN), ERASE: ("erased", LeadState.ERASED)}
+# (an erasure stays ``erasing`` until the commit has scrubbed the ledger row and the run files: then ``erased``)
+PRIVACY_OUTCOMES = {WITHDRAW: ("withdrawn", LeadState.WITHDRAWN), ERASE: ("erased", LeadState.ERASING)}
 
 
 class LoadLeadsOperator(BaseOperator):

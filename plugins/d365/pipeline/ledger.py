@@ -108,6 +108,7 @@ class LeadState(enum.StrEnum):
     QUARANTINED = "quarantined"  # bad data; reason says why; retried when the applicant changes
     FAILED = "failed"  # Dynamics refused or could not be reached; retried next run
     WITHDRAWN = "withdrawn"  # consent withdrawn after sending; the configured action was applied
+    ERASING = "erasing"  # right to be forgotten: the CRM action is done, the scrub of ledger and run files pending
     ERASED = "erased"  # right to be forgotten applied; personal data scrubbed
 
 

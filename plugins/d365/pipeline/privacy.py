@@ -18,11 +18,13 @@ withdrawal are not reverted: whether to contact the person again is the CRM user
 **Erasure.** Applicants DreamApply purged with ``request_to_be_forgotten`` (``extract/meta.json``) that the
 ledger knows with a lead get ``erasure.action``: ``delete`` (``DELETE``), ``anonymise`` (``PATCH`` the
 personal columns to null, see ``personal_columns``/``anonymise_payload``) or ``flag`` (the withdrawal
-flags). Erased applicants without a lead are recorded as ``erased`` with no request. Afterwards the commit
-scrubs the ledger row (``Ledger.scrub``: no payload hash, no errors) and every run folder's files
-(``scrub_run_files``). The ledger's ``erased`` state is final: such an applicant is never sent again.
-A failed erasure stays ``failed`` with its reason (the lead id kept) and is retried by the next run
-(``pending_erasures``).
+flags). The load records a done action as ``erasing``; erased applicants without a lead get ``erasing``
+with no request. Then the commit scrubs every run folder's files (``scrub_run_files``) and, only once that
+succeeded, the ledger row (``Ledger.scrub``: no payload hash, no errors; state ``erased``). The ledger's
+``erased`` state is final: such an applicant is never sent again. An erasure is **pending until the scrub
+succeeded**: a failed Dynamics action stays ``failed`` with its reason (the lead id kept), a failed commit
+leaves ``erasing``; both are planned again by the next run (``pending_erasures``: an ``erasing`` one as
+``erased``, no request, so only the scrub runs again).
 
 Anonymised leads keep the non-personal columns (stage, programme, term, consent flags...), the
 ``uni_applicantid`` alternate key and the instance column: the lead stays recognisable as the erased
@@ -208,12 +210,17 @@ def erasure_operations(
     schema: Mapping[str, AttributeSpec] | None = None,
 ) -> list[Operation]:
     """For each applicant purged with a request to be forgotten: ``erase`` the lead the ledger names, or
-    ``erased`` (no request) when there is none. Applicants the ledger already marks erased are left out."""
+    ``erased`` (no request) when there is none or when an earlier run already did the CRM action (state
+    ``erasing``: only the scrub is left). Applicants the ledger already marks erased are left out."""
     method, body = erasure_request(settings, schema)
     ops: list[Operation] = []
     for aid in sorted({int(i) for i in erased}):
         entry = entries.get(aid)
         if entry is not None and entry.state is LeadState.ERASED:
+            continue
+        if entry is not None and entry.state is LeadState.ERASING:
+            reason = entry.reason or f"{ERASURE_REASON}: {settings.erasure.action}"
+            ops.append(Operation(aid, ERASED, entry.lead_id, "", reason=reason))
             continue
         if entry is None or not entry.lead_id:
             ops.append(Operation(aid, ERASED, None, "", reason=f"{ERASURE_REASON}: no lead was sent"))
@@ -224,9 +231,12 @@ def erasure_operations(
 
 
 def pending_erasures(entries: Mapping[int, LedgerEntry]) -> list[int]:
-    """Applicants whose erasure failed in an earlier run (state failed, erasure reason): plan them again."""
+    """Erasures an earlier run did not finish: the CRM action failed (state failed, erasure reason), or it was
+    done but the scrub of ledger and run files did not succeed (state erasing, e.g. the commit failed)."""
     return sorted(
-        aid for aid, e in entries.items() if e.state is LeadState.FAILED and (e.reason or "").startswith(ERASURE_REASON)
+        aid
+        for aid, e in entries.items()
+        if e.state is LeadState.ERASING or (e.state is LeadState.FAILED and (e.reason or "").startswith(ERASURE_REASON))
     )
 
 

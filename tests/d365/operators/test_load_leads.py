@@ -45,8 +45,8 @@ def test_privacy_outcomes_gone_leads_count_as_done_and_failures_keep_the_reason(
     by_id = {u.applicant_id: u for u in updates}
     assert (by_id[1].state, by_id[1].lead_id, by_id[1].clear_lead_id) == (LeadState.WITHDRAWN, "L1", False)
     assert by_id[1].reason == "consent withdrawn: flag"
-    assert (by_id[2].state, by_id[2].lead_id, by_id[2].clear_lead_id) == (LeadState.ERASED, None, True)
-    assert (by_id[3].state, by_id[3].clear_lead_id) == (LeadState.ERASED, True)
+    assert (by_id[2].state, by_id[2].lead_id, by_id[2].clear_lead_id) == (LeadState.ERASING, None, True)
+    assert (by_id[3].state, by_id[3].clear_lead_id) == (LeadState.ERASING, True)
     assert by_id[3].reason == "right to be forgotten: anonymise (the lead no longer existed)"
     assert by_id[4].state is LeadState.FAILED and by_id[4].reason == "consent withdrawn: flag"
     assert "Zoë Example" not in (by_id[4].error or "") and "[redacted]" in (by_id[4].error or "")

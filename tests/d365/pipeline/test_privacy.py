@@ -134,9 +134,21 @@ def test_withdrawn_applicant_who_accepts_again_is_updated_again() -> None:
 )
 def test_erasure_operation_per_action(action: str, method: str) -> None:
     s = with_actions(erasure=action)
-    entries = {1: entry(1, "L1"), 2: entry(2, None, LeadState.SKIPPED_CONSENT), 4: entry(4, "L4", LeadState.ERASED)}
-    ops = {op.applicant_id: op for op in erasure_operations([1, 2, 3, 4], entries, s, SCHEMA)}
-    assert set(ops) == {1, 2, 3}  # 4 was erased earlier
+    entries = {
+        1: entry(1, "L1"),
+        2: entry(2, None, LeadState.SKIPPED_CONSENT),
+        4: entry(4, "L4", LeadState.ERASED),
+        5: entry(5, "L5", LeadState.ERASING, reason="right to be forgotten: flag"),
+    }
+    ops = {op.applicant_id: op for op in erasure_operations([1, 2, 3, 4, 5], entries, s, SCHEMA)}
+    assert set(ops) == {1, 2, 3, 5}  # 4 was erased earlier
+    # 5: the CRM action was done by an earlier run whose commit failed: no request again, only the scrub
+    assert (ops[5].action, ops[5].lead_id, ops[5].payload, ops[5].reason) == (
+        ERASED,
+        "L5",
+        {},
+        "right to be forgotten: flag",
+    )
     assert (ops[1].action, ops[1].lead_id, ops[1].method) == (ERASE, "L1", method)
     assert ops[1].reason == f"right to be forgotten: {action}"
     expected = {
@@ -164,8 +176,10 @@ def test_failed_erasures_are_pending() -> None:
         1: entry(1, "L1", LeadState.FAILED, reason="right to be forgotten: delete"),
         2: entry(2, "L2", LeadState.FAILED, reason=None),
         3: entry(3, "L3", LeadState.FAILED, reason="consent withdrawn: flag"),
+        4: entry(4, None, LeadState.ERASING, reason="right to be forgotten: delete"),  # scrub not done yet
+        5: entry(5, None, LeadState.ERASED, reason="right to be forgotten: delete"),
     }
-    assert pending_erasures(entries) == [1]
+    assert pending_erasures(entries) == [1, 4]
 
 
 # -- minimisation --------------------------------------------------------------------------------------
@@ -345,7 +359,7 @@ def test_commit_finishes_erasures_keeps_withdrawals_and_report_counts_them(
         "i",
         [
             LedgerUpdate(4, LeadState.WITHDRAWN, lead_id="L4", reason="consent withdrawn: flag"),
-            LedgerUpdate(1, LeadState.ERASED, reason="right to be forgotten: delete", clear_lead_id=True),
+            LedgerUpdate(1, LeadState.ERASING, reason="right to be forgotten: delete", clear_lead_id=True),
             LedgerUpdate(2, LeadState.FAILED, error_code="503", error="unavailable", reason=ops[2].reason),
         ],
     )
@@ -368,4 +382,67 @@ def test_commit_finishes_erasures_keeps_withdrawals_and_report_counts_them(
     assert (out["withdrawn"], out["erased"], out["failed"], out["skipped_consent"]) == (1, 2, 1, 1)
     report = rc.folder.read_json(steps.REPORT)
     assert [f["applicant_id"] for f in report["failures"]] == [2]
+    ledger.dispose()
+
+
+def test_an_erasure_stays_pending_until_the_scrub_succeeded_and_the_next_commit_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load deleted the lead (ledger: erasing); the commit's scrub of the run files fails (the store refuses a
+    write): the commit fails, the ledger still says erasing and the cursors stay. The next run plans the
+    applicant as ``erased`` (no request) and its commit scrubs files and ledger row."""
+    from d365 import steps
+    from d365.pipeline import privacy
+    from d365.pipeline.runfolder import RunFolder
+
+    root = tmp_path / "runs"
+    monkeypatch.setenv("D365_SYNC_RUN_ROOT", "file://" + str(root))
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    old = RunFolder.for_run("dag", "old")
+    rows = [{"applicant_id": i, "email": f"person{i}@example.org"} for i in (1, 5)]
+    old.write_jsonl("extract/applicants.jsonl", rows)
+    reason = "right to be forgotten: delete"
+
+    def commit(run_id: str, ops: list[Operation], results: list[dict[str, Any]]) -> Any:
+        rc = steps.RunContext.create("dag", run_id, {}, settings=DEFAULT, ledger_url=url)
+        rc.folder.write_json(steps.PREFLIGHT, {"instance": "i"})
+        rc.folder.write_json(steps.EXTRACT_META, {"cursors": {"applicant_id": 9}, "erased_applicant_ids": [1]})
+        rc.folder.write_jsonl(steps.TRANSFORM_OUTCOMES, [])
+        rc.folder.write_jsonl(steps.PLAN_OPERATIONS, [op.to_json() for op in ops])
+        rc.folder.write_jsonl(steps.LOAD_RESULTS, results)
+        return steps.commit_step(rc)
+
+    ledger.record("i", [LedgerUpdate(1, LeadState.SENT, lead_id="L1", payload_hash="h1", synced=True)])
+    ledger.record("i", [LedgerUpdate(1, LeadState.ERASING, reason=reason, clear_lead_id=True)])  # what the load did
+    real = privacy._scrub_jsonl
+    fired: list[str] = []
+
+    def refuse_once(path: Any, *args: Any) -> int:
+        if not fired:
+            fired.append(str(path))
+            raise OSError("the run store refused the write")
+        return real(path, *args)
+
+    monkeypatch.setattr(privacy, "_scrub_jsonl", refuse_once)
+    erase = Operation(1, ERASE, "L1", "", {}, method="DELETE", reason=reason)
+    with pytest.raises(OSError, match="refused"):
+        commit("first", [erase], [{"applicant_id": 1, "outcome": "erased", "status": 204}])
+    assert len(fired) == 1
+    e = ledger.entries("i")
+    assert e[1].state is LeadState.ERASING and pending_erasures(e) == [1]
+    assert ledger.cursors("i")["applicant_id"] == 0  # the window is read again
+    assert "person1@example.org" in (root / "dag/old/extract/applicants.jsonl").read_text()
+
+    # the next run: planned from the ledger (no request to Dynamics), finished by its commit
+    ops = erasure_operations(pending_erasures(e), e, DEFAULT, SCHEMA)
+    assert [(op.applicant_id, op.action, op.reason) for op in ops] == [(1, ERASED, reason)]
+    commit("second", ops, [])
+    e = ledger.entries("i")
+    assert (e[1].state, e[1].reason, e[1].payload_hash, e[1].lead_id) == (LeadState.ERASED, reason, None, None)
+    assert ledger.cursors("i")["applicant_id"] == 9
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert "person1@example.org" not in path.read_text(), path
+    assert "person5@example.org" in (root / "dag/old/extract/applicants.jsonl").read_text()
     ledger.dispose()
