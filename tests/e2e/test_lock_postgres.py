@@ -161,6 +161,12 @@ def test_a_scheduled_run_and_a_backfill_started_together_never_interleave(
     assert by_run[second]["generation"] == by_run[first]["generation"] + 1
     waits = [json.loads(line) for line in (folder[second] / "lock" / "waits.jsonl").read_text().splitlines()]
     assert waits and {w["holder"] for w in waits} == {first}
+    report = json.loads((folder[second] / "report.json").read_text())
+    assert report["lock"]["waited_for"] == [first] and report["lock"]["generation"] == by_run[second]["generation"]
+    # the lease lives as long as the DAG run may (dagrun_timeout, d365.timeouts)
+    from d365.timeouts import dagrun_timeout
+
+    assert {doc["ttl_seconds"] for doc in by_run.values()} == {dagrun_timeout().total_seconds()}
 
     # the second run read the cursors only after the first had committed them
     timings = {run: _timings(folder[run]) for run in by_run}

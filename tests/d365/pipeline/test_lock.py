@@ -132,3 +132,29 @@ def test_operator_command_shows_and_clears_a_stale_lock(ledger_url: str, capsys:
     lock.main(["--ledger-url", ledger_url, "status"])
     assert f"{INSTANCE}: free" in capsys.readouterr().out
     assert Ledger(ledger_url).acquire_lock(INSTANCE, "next", ttl_seconds=60).held
+
+
+def test_the_load_stops_before_any_request_when_its_run_lost_the_lock(tmp_path: Path, ledger_url: str) -> None:
+    from d365.operators.load_leads import LoadLeadsOperator
+
+    rc = run_context(tmp_path, ledger_url, "r1")
+    steps.lock_step(rc)
+    rc.folder.write_jsonl("plan/operations.jsonl", [{"applicant_id": 1, "action": "create", "payload": {}}])
+    ledger = Ledger(ledger_url)
+    ledger.clear_lock(INSTANCE)
+    assert ledger.acquire_lock(INSTANCE, "r2", ttl_seconds=60).held
+    ledger.dispose()
+    # no such connection: any request would fail differently; the lock check comes first
+    op = LoadLeadsOperator(
+        task_id="load",
+        run_folder=rc.folder.url,
+        instance=INSTANCE,
+        ledger_url=ledger_url,
+        require_lock=True,
+        dynamics365_conn_id="no_such_connection",
+    )
+    with pytest.raises(AirflowFailException, match="load: run r1 no longer holds the sync lock"):
+        op.execute({"run_id": "r1"})  # type: ignore[arg-type]
+    (tmp_path / "runs" / "r1" / steps.LOCK).unlink()
+    with pytest.raises(AirflowFailException, match="did not take the sync lock"):
+        op.execute({"run_id": "r1"})  # type: ignore[arg-type]
