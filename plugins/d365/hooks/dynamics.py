@@ -624,28 +624,27 @@ class DynamicsHook(BaseHook):
                     self.default_retry_after,
                     self.throttle.settings.retry_after_max_seconds,
                 )
-        except requests.Timeout as exc:
-            self._bump("requests")
-            raise DynamicsError(
-                f"no answer within {self.timeout:.0f} s ({type(exc).__name__})",
-                code="Timeout",
-                method=method,
-                path=log_path,
-                record=record,
-            ) from exc
-        except requests.ConnectionError as exc:
-            self._bump("requests")
-            raise DynamicsError(
-                f"connection failed ({type(exc).__name__})",
-                code="ConnectionError",
-                method=method,
-                path=log_path,
-                record=record,
-            ) from exc
+        except requests.RequestException as exc:
+            # The cause's text names the whole URL (urllib3: "Max retries exceeded with url: …?$filter=…"), whose
+            # query may hold e-mail addresses: only its type is logged and kept, and the typed error is raised
+            # outside this block (``from None``), so no traceback carries the cause.
+            if isinstance(exc, requests.Timeout):
+                code, what = "Timeout", f"no answer within {self.timeout:.0f} s"
+            elif isinstance(exc, requests.ConnectionError):
+                code, what = "ConnectionError", "connection failed"
+            else:
+                code, what = "RequestError", "the request failed"
+            cause = type(exc).__name__
+            transport = DynamicsError(f"{what} ({cause})", code=code, method=method, path=log_path, record=record)
+        else:
+            transport = None
         finally:
             # Learning of a 429 and admitting the next request happen under the throttle's lock.
             self.throttle.release(ticket, status, retry_after)
         self._bump("requests")
+        if transport is not None:
+            self.log.warning("Dynamics 365: %s %s: %s", method, log_path, transport.message)
+            raise transport from None
         self.log.debug(
             "Dynamics 365: %s %s -> %s (%.0f ms)",
             method,
