@@ -213,6 +213,107 @@ def test_reports_outcomes_results_logs_and_ledger_carry_no_names_emails_or_phone
     assert not leaks, leaks[:20]
 
 
+def _personal_text_of(env: Any, aid: int, raw: dict[int, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(where, field) for every place under the run root and in the ledger that holds one of ``aid``'s name,
+    e-mail or phone."""
+    patterns = [(field, pattern) for who, field, pattern in personal_patterns(raw) if who == aid]
+    assert patterns, "the applicant must have personal values to look for"
+    found = []
+    for path in env.run_root.rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            found += [(str(path.relative_to(env.run_root)), f) for f, p in patterns if p.search(text)]
+    for row in _ledger_rows(env):
+        text = " ".join(str(v) for v in row.values())
+        found += [(f"ledger row {row['applicant_id']}", f) for f, p in patterns if p.search(text)]
+    return found
+
+
+def test_an_erasure_whose_commit_failed_is_finished_by_the_next_run(sync_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The load deletes the lead, then the commit fails while scrubbing the run files (the store refuses a write,
+    injected once): the erasure stays pending (ledger: erasing) and the next run finishes it — no file under the
+    run root and no ledger row holds the applicant's name, e-mail or phone afterwards."""
+    from d365.pipeline import privacy
+
+    env = sync_env(applicants=40)
+    assert env.run().state == "success"
+    raw = raw_applicants(env.client)
+    sent = _consented_leads(env)
+    emails = Counter((a.get("email") or "").strip().lower() for a in raw.values())
+    x = next(aid for aid in sent if emails[raw[aid]["email"].strip().lower()] == 1 and raw[aid].get("phone"))
+    assert _personal_text_of(env, x, raw), "before the erasure the run files hold the applicant"
+
+    env.client.post(f"/dreamapply/applicants/{x}/erase", {"request_to_be_forgotten": True})
+    real = privacy._scrub_jsonl
+    fired: list[str] = []
+
+    def refuse_once(path: Any, *args: Any) -> int:
+        if not fired:
+            fired.append(str(path))
+            raise OSError("the run store refused the write")
+        return real(path, *args)
+
+    monkeypatch.setattr(privacy, "_scrub_jsonl", refuse_once)
+    first = env.run()
+    assert first.state == "failed" and len(fired) == 1  # the fault hit, in the commit
+    assert x not in leads_by_applicant(env.leads())  # the load deleted the lead
+    entry = _ledger(env)[x]
+    assert (entry.state, entry.reason) == (LeadState.ERASING, "right to be forgotten: delete")
+    assert _personal_text_of(env, x, raw), "the failed commit left the applicant in the run files"
+
+    second = env.run()
+    assert second.state == "success" and len(fired) == 1
+    entry = _ledger(env)[x]
+    assert (entry.state, entry.lead_id, entry.payload_hash) == (LeadState.ERASED, None, None)
+    assert _personal_text_of(env, x, raw) == []
+    assert env.reports()[-1]["outcomes"].get("erased") == 1
+
+
+def test_a_connection_error_in_the_email_lookup_leaves_no_address_in_the_task_log(
+    sync_env, monkeypatch, capfd, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """A reset on every Dataverse lead query after the first (the lookup by applicant id passes, the lookup by
+    e-mail meets the resets until the hook gives up): the plan task fails; its log, the traceback Airflow prints
+    and the task log files name the error, the path and the cause's type, never an e-mail address."""
+    import os
+
+    from d365.hooks.dynamics import DynamicsHook
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(DynamicsHook, "backoff_base", 0.01)  # the hook's retries, without the waiting
+    env = sync_env(applicants=30)
+    rule = env.client.add_fault(kind="reset", server="dataverse", method="GET", path=r"/leads$", nth=2, times=100)
+    run = env.run()
+    assert run.state == "failed"
+    met = [e for e in env.client.requests(server="dataverse") if (e.get("fault") or {}).get("id") == rule["id"]]
+    assert met and all("emailaddress1" in e["query"] for e in met), [e["query"] for e in met]
+    assert len(met) == next(r["fired"] for r in env.client.get("/faults")["rules"] if r["id"] == rule["id"])
+
+    captured = capfd.readouterr()
+    texts = {"console": captured.out + captured.err}
+    texts["records"] = "\n".join(
+        f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records if not r.name.startswith("urllib3")
+    )
+    for record in caplog.records:  # the exception objects themselves, with their whole chain
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None:
+            texts[f"exception {type(exc).__name__}"] = texts.get(f"exception {type(exc).__name__}", "") + str(exc)
+            exc = exc.__cause__ or exc.__context__
+    for path in Path(os.environ["AIRFLOW_HOME"], "logs").rglob("*"):
+        if path.is_file() and "plan" in str(path):
+            texts[str(path)] = path.read_text(encoding="utf-8", errors="replace")
+    everything = "\n".join(texts.values())
+    assert "connection failed (ConnectionError)" in everything and "/api/data/v9.2/leads" in everything
+    assert "Traceback" in everything or "DynamicsError" in everything, "the failure's traceback is in the log"
+
+    raw = raw_applicants(env.client)
+    emails = [(aid, p) for aid, field, p in personal_patterns(raw) if field == "email"]
+    extract = next(env.run_root.glob("*/*/extract/applicants.jsonl")).read_text(encoding="utf-8")
+    assert sum(1 for _, p in emails if p.search(extract)) > 10, "the scan finds addresses where they belong"
+    leaks = [(aid, where) for aid, p in emails for where, text in texts.items() if p.search(text)]
+    assert not leaks, leaks[:10]
+
+
 @pytest.fixture(autouse=True)
 def _settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts from the default settings file (a test may switch it mid-way)."""
