@@ -12,14 +12,17 @@ firstname / middlename   applicant.name.given   the record's name_given / name_m
 lastname                 applicant.name.family  name_family, else (fallback) name_full
 emailaddress1            applicant.email        email, trimmed (quarantined if > 100: fit_policy override)
 mobilephone              applicant.phone        ``_phone``: E.164 via phonenumbers (+ " ext. N") when valid
-                                                (region = citizenship) or possible and typed with +/00;
-                                                else sent as typed if it fits, else left out (issue)
+                                                (regions: citizenship, then quality.default_region) or
+                                                possible and typed with +/00 (``parse_phone``); else the
+                                                field policy: null (drop, default: cleared on update),
+                                                as typed if it fits (send_as_entered), or quarantine
 subject                  template               "DreamApply applicant {applicant.id}" (``_render``)
 uni_applicantid          applicant.id           always written when dynamics.alternate_key is set
 uni_dreamapplyinstance   dreamapply.instance    the ``instance`` argument (dynamics.instance_column)
 uni_registeredon         applicant.registered   ISO UTC (fit: DateTime columns)
 uni_citizenship          applicant.citizenship  ``_country``: ISO alpha-2 checked with pycountry (or the
-                                                English name with ``format: country_name``)
+                                                English name with ``format: country_name``); unknown:
+                                                the field policy, as for phones
 uni_reference, ...       applicant.reference,   trimmed text
 uni_matriculation        .matriculation
 uni_leadstage            lead.stage             lead_stage.evaluate → label → picklist option value
@@ -36,8 +39,11 @@ leadsourcecode           tracker.code           first tracker code → value_map
 Per attribute (``Mapper.map``): source (then ``fallback`` sources while empty) | template | constant →
 format (dates, e164, country) → ``value_map`` → ``default`` when empty → ``if_empty`` (null / omit /
 quarantine) → ``fit.fit_value`` (type, MaxLength, picklist label → int, dates) → payload, issue or
-quarantine. Owner binding and lead ids are the load's job. Consent *gating* (skip without consent) is
-the consent step's: use ``consent_status``. Never raises on data: a broken record is quarantined.
+quarantine. A source the quality step found invalid arrives with its field policy's action
+(``Mapper.map(applicant, fields)``): ``drop`` reads it as empty and writes the column ``null`` (cleared on
+update), ``send_as_entered`` sends it as typed only when it fits the column. Owner binding and lead ids
+are the load's job. Consent *gating* (skip without consent) is the consent step's: use ``consent_status``.
+Never raises on data: a broken record is quarantined.
 """
 
 from __future__ import annotations

@@ -432,6 +432,10 @@ def test_fields_dropped_by_the_quality_step_are_null_even_with_if_empty_omit() -
     # send_as_entered: a registration date that is not a date does not fit a DateTime column → null
     lead = mapper.map(record, {"registered": "send_as_entered"})
     assert lead.ok and lead.payload["uni_registeredon"] is None
+    # if_empty: quarantine is the mapping's own opt-in: a dropped value leaves the column empty → quarantined
+    strict = settings_with({"uni_reference": {"source": "applicant.reference", "if_empty": "quarantine"}})
+    lead = Mapper(strict, SCHEMA, CATALOG, instance=INSTANCE).map(record, {"reference": "drop"})
+    assert not lead.ok and lead.quarantine_reason.startswith("uni_reference:")
 
 
 def test_phone_as_typed_with_format_text() -> None:

@@ -379,6 +379,9 @@ def test_the_identity_rule_is_configurable() -> None:
     email_only = with_quality(identity=(("email",),))
     assert states(triage([applicant(71, name_family=None, name_full=None)], email_only)) == {0: "lead"}
     assert states(triage([applicant(72, email=None)], email_only)) == {0: "quarantined"}
+    # the rule is applied after consent: without consent an applicant is skipped, whatever its identity
+    no_consent = applicant(74, email=None, phone=None, consents={"1": "Reject"})
+    assert states(triage([no_consent])) == {0: "skipped_consent"}
     nothing = with_quality(identity=())
     bare = applicant(73, name_family=None, name_full=None, name_given=None, email=None, phone=None)
     assert states(triage([bare], nothing)) == {0: "lead"}
