@@ -227,7 +227,7 @@ def triage_applicants(
             "payload": mapped.payload,
             "payload_hash": mapped.hash,
             # adoption by e-mail only with an address that passed its checks
-            "email": mapped.payload.get(email_column) or (None if "email" in actions else applicant.get("email")),
+            "email": None if "email" in actions else (mapped.payload.get(email_column) or applicant.get("email")),
             "issues": [i.to_dict() for i in mapped.issues],
         }
         if mapped.options_needed:  # pending: the plan adds the options and fills the payload

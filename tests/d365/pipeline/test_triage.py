@@ -334,6 +334,8 @@ def test_an_invalid_value_follows_its_field_policy(name: str) -> None:
     assert states(sent) == {0: "lead"}
     if column is not None:
         assert sent.leads[0]["payload"][column] == as_entered
+    if name == "email":  # an invalid address never adopts a lead, dropped or sent as entered
+        assert dropped.leads[0]["email"] is None and sent.leads[0]["email"] is None
 
     held = triage([record], with_quality(field_policy={name: "quarantine"}))
     assert states(held) == {0: "quarantined"}
