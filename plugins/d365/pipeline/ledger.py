@@ -240,16 +240,24 @@ class Ledger:
 
     def renew_lock(self, instance: str, run_id: str, *, ttl_seconds: float, generation: int | None = None) -> Lease:
         """Extend the lock's expiry if ``run_id`` still holds it (with ``generation``, if given). A lock that
-        expired but was not taken by another run is still this run's: nobody read the cursors in between.
-        Returns the row; ``held`` False means the run lost it (released, or taken after expiry)."""
+        expired, or was released, but was not taken by another run since (same generation) is still this
+        run's: nobody read the cursors in between (a failed task cleared after its run released the lock).
+        Returns the row; ``held`` False means another run has taken it since."""
         now = _now_ms()
         c = lock_table.c
-        condition = [c.instance == instance, c.run_id == run_id]
-        if generation is not None:
-            condition.append(c.generation == int(generation))
+        if generation is None:
+            condition = [c.instance == instance, c.run_id == run_id]
+        else:
+            condition = [
+                c.instance == instance,
+                c.generation == int(generation),
+                sa.or_(c.run_id == run_id, c.run_id.is_(None)),
+            ]
         with self.engine.begin() as conn:
             conn.execute(
-                sa.update(lock_table).where(*condition).values(renewed_ms=now, expires_ms=now + int(ttl_seconds * 1000))
+                sa.update(lock_table)
+                .where(*condition)
+                .values(run_id=run_id, renewed_ms=now, expires_ms=now + int(ttl_seconds * 1000))
             )
             lease = self._lease(conn, instance, run_id)
         if generation is not None and lease.held and lease.generation != int(generation):

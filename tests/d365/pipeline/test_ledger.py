@@ -151,6 +151,22 @@ def test_lock_expires_and_the_old_holder_loses_it(ledger: Ledger) -> None:
     assert ledger.renew_lock(INSTANCE, "dead__run", ttl_seconds=600, generation=3).held
 
 
+def test_a_released_lock_is_retaken_by_its_run_only_if_nobody_took_it_since(ledger: Ledger) -> None:
+    """A failed task cleared after its run released the lock (report/watcher) may go on: the generation
+    proves no other run read the cursors in between. Once another run took it, never."""
+    ledger.acquire_lock(INSTANCE, "r1", ttl_seconds=60)
+    ledger.release_lock(INSTANCE, "r1")
+    again = ledger.renew_lock(INSTANCE, "r1", ttl_seconds=60, generation=1)
+    assert again.held and again.run_id == "r1" and again.generation == 1
+    assert not ledger.acquire_lock(INSTANCE, "r2", ttl_seconds=60).held
+    ledger.release_lock(INSTANCE, "r1")
+    assert ledger.acquire_lock(INSTANCE, "r2", ttl_seconds=60).held
+    ledger.release_lock(INSTANCE, "r2")
+    lost = ledger.renew_lock(INSTANCE, "r1", ttl_seconds=60, generation=1)
+    assert not lost.held and lost.run_id is None and lost.generation == 2
+    assert not ledger.renew_lock(INSTANCE, "r1", ttl_seconds=60).held  # without a generation: holder only
+
+
 def test_lock_renew_extends_the_expiry(ledger: Ledger) -> None:
     first = ledger.acquire_lock(INSTANCE, "r1", ttl_seconds=1)
     time.sleep(0.02)
