@@ -204,20 +204,32 @@ def _association(client: Any, value: Any) -> Mapping[str, Any]:
 
 
 def normalise_applicant(
-    raw: Any, catalog: Catalog, applications: list[ApplicationRecord], reason: str, client: Any = None
+    raw: Any,
+    catalog: Catalog,
+    applications: list[ApplicationRecord],
+    reason: str,
+    client: Any = None,
+    key_id: int | None = None,
 ) -> ApplicantRecord:
     """One wire record → an ``ApplicantRecord``. Never raises on data (only a fetch through ``client`` can):
     a record of the wrong shape (not an object, an id that is not an integer, a name that is not an object,
     consents or trackers that are not ID-keyed objects, a malformed application) comes back with
     ``malformed`` notes that name the key and what it held, never a value, and ``applicant_id`` None when the
-    id cannot be read; the quality step quarantines it per row. Scalars of the wrong type (an e-mail given
-    as a number) are kept as they are: they are field issues for the quality step."""
+    id cannot be read (``key_id``, the id the ID-keyed collection filed it under, when given: the record is
+    still malformed, but its quarantine names the applicant); the quality step quarantines it per row.
+    Scalars of the wrong type (an e-mail given as a number) are kept as they are: they are field issues for
+    the quality step."""
     notes: list[str] = []
+    key_id = key_id if isinstance(key_id, int) and not isinstance(key_id, bool) and key_id > 0 else None
     if not isinstance(raw, Mapping):
-        return _malformed_applicant(None, reason, [f"record: {_shape(raw)} instead of an object"], applications)
+        return _malformed_applicant(key_id, reason, [f"record: {_shape(raw)} instead of an object"], applications)
     applicant_id = _whole(raw.get("id"))
     if applicant_id is None:
         notes.append(f"id: {_shape(raw.get('id'))} instead of a positive integer")
+        applicant_id = key_id
+    elif key_id is not None and applicant_id != key_id:
+        notes.append("id: differs from the key the record is listed under")
+        applicant_id = key_id
     name = raw.get("name")
     if name is None:
         name = {}
@@ -507,7 +519,7 @@ class _Run:
 
     def records(self, apps: dict[int, list[ApplicationRecord]]) -> list[ApplicantRecord]:
         return [
-            normalise_applicant(self.raw[aid], self.catalog, apps.get(aid, []), self.reason[aid], self.client)
+            normalise_applicant(self.raw[aid], self.catalog, apps.get(aid, []), self.reason[aid], self.client, aid)
             for aid in sorted(self.raw)
         ]
 

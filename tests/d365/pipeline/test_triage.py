@@ -428,6 +428,14 @@ def test_malformed_wire_records_are_quarantined_per_row_with_their_id() -> None:
     assert by_row[4]["reasons"] == ["record: malformed (trackers: text instead of an object)"]
     assert by_row[5]["reasons"] == [no_id, "record: malformed (record: text instead of an object)"]
     assert "Maria" not in json.dumps(result.outcomes)
+    # the id the collection lists the record under names it when its own id cannot be read
+    keyed = normalise_applicant(good | {"id": "83a"}, catalog, [], "changed", key_id=83)
+    assert keyed["applicant_id"] == 83 and keyed["malformed"] == ["id: text instead of a positive integer"]
+    (held,) = triage([keyed]).outcomes
+    assert (held["applicant_id"], held["reasons"]) == (
+        83,
+        ["record: malformed (id: text instead of a positive integer)"],
+    )
 
 
 wire_value = st.recursive(
