@@ -3,7 +3,6 @@ whole URL (with its ``$filter``) into their messages, so the hook keeps only the
 
 from __future__ import annotations
 
-import gc
 import logging
 import traceback
 from collections.abc import Callable
@@ -67,20 +66,17 @@ def test_a_connection_error_during_an_email_lookup_names_no_address(
 
 
 def test_an_unreachable_organization_during_an_email_lookup_names_no_address(
-    dynamics_private: Callable[..., tuple[DynamicsHook, SandboxClient]],
+    make_sandbox: Callable[..., tuple[Sandbox, SandboxClient]], make_dynamics_hook: Callable[..., DynamicsHook]
 ) -> None:
     """Connection refused (Dataverse went away after the token was issued): urllib3's "Max retries exceeded with
     url: …" carries the query, addresses included (asserted on a plain requests call, the premise); the hook's
     error and traceback do not."""
-    hook, _client = dynamics_private(hook_kwargs={"max_retries": 1})
+    sb, _client = make_sandbox(applicants=10)
+    hook = make_dynamics_hook(sb.info(), hook_kwargs={"max_retries": 1})
     hook.backoff_base = 0.01
     hook.whoami()  # token cached: what follows needs no token service
     org = hook.org_url
-    sandboxes = [
-        sb for sb in gc.get_objects() if isinstance(sb, Sandbox) and sb.info()["dynamics365"]["org_url"] == org
-    ]
-    assert len(sandboxes) == 1
-    sandboxes[0].stop()
+    sb.stop()
 
     with pytest.raises(DynamicsError) as caught:
         list(hook.query("leads", select=["leadid"], filter=email_filter()))
