@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from d365.timeouts import dagrun_timeout, task_timeout
 
@@ -57,7 +58,7 @@ def reconcile_dreamapply_leads() -> None:
         from d365.pipeline.identity import instance_key
         from d365.pipeline.ledger import Ledger, default_ledger_url
         from d365.pipeline.privacy import allowed_columns
-        from d365.pipeline.reconcile import ReconcileRefused, column_kinds, summary_text
+        from d365.pipeline.reconcile import column_kinds, summary_text
         from d365.pipeline.reconcile import reconcile as run
         from d365.pipeline.run_note import set_run_note
         from d365.pipeline.runfolder import RunFolder
@@ -94,8 +95,8 @@ def reconcile_dreamapply_leads() -> None:
             log.info(line)
         print(text, flush=True)
         set_run_note(DAG_ID, run_id, text)
-        if report["refused"]:
-            raise ReconcileRefused(report["refused"])
+        if report["refused"]:  # fail now, no retries: a person must look at the CRM first
+            raise AirflowFailException(f"reconciliation refused: {report['refused']}")
         return report["counts"]
 
     @task

@@ -730,8 +730,8 @@ def _lookup_existing(
 
 # -- commit -----------------------------------------------------------------------------------------
 def commit_step(rc: RunContext) -> dict[str, Any]:
-    """After the load: record the non-write outcomes, finish the erasures (ledger scrubbed, applicants
-    removed from every run folder) and advance the cursors (never before)."""
+    """After the load: record the non-write outcomes, finish the erasures (applicants removed from every run
+    folder, then the ledger row scrubbed: pending until both succeeded) and advance the cursors (never before)."""
     instance = rc.instance
     outcomes = list(rc.folder.read_jsonl(TRANSFORM_OUTCOMES))
     meta = rc.folder.read_json(EXTRACT_META) or {}

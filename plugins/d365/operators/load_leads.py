@@ -7,9 +7,9 @@ is created twice.
 
 Consent withdrawals and erasures (``privacy``) run in the same batches: a ``PATCH`` with ``If-Match: *``
 (update only: a lead that is gone is not re-created) or a ``DELETE``. Either answered 404 means the lead
-no longer exists, which counts as done. They end ``withdrawn`` / ``erased`` in the ledger, the lead id
-forgotten when the lead is gone. Error texts are stored without the values that were sent
-(``privacy.redact``).
+no longer exists, which counts as done. They end ``withdrawn`` / ``erasing`` in the ledger (``erased`` once the
+commit has scrubbed the run files and the row), the lead id forgotten when the lead is gone. Error texts are
+stored without the values that were sent (``privacy.redact``).
 
 Throughput: batches run on a thread pool of ``min(x-ms-dop-hint, max_workers)`` workers that share the hook's
 one throttle (``d365.hooks.throttle``: Retry-After pause for all, AIMD concurrency, pacing against the

@@ -52,10 +52,6 @@ INSTANT = "datetime"
 NUMBER = "number"
 
 
-class ReconcileRefused(Exception):
-    """More leads read as deleted than ``reconcile.max_deleted_fraction`` allows: nothing was marked."""
-
-
 def column_kinds(attributes: Mapping[str, Any]) -> dict[str, str]:
     """column → ``date`` / ``datetime`` / ``number`` from the lead table's attribute metadata (``type``,
     ``format``, ``date_behavior``); other columns come back from Dataverse as they were sent."""
@@ -171,7 +167,7 @@ def reconcile(
     """Compare the ledger with Dynamics (see the module docstring). ``columns``: what a payload may carry
     (``privacy.allowed_columns``); ``kinds``: ``column_kinds`` of the lead table. Raises nothing for drift;
     when the deleted share is over ``max_deleted_fraction`` the report's ``refused`` says why and nothing is
-    marked (the caller fails the run: ``ReconcileRefused``)."""
+    marked (the DAG then fails the task, without retries: reading again in minutes gives the same answer)."""
     compared = sorted(c for c in set(columns) if "@" not in c)
     entries = {
         aid: e
