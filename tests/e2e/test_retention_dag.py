@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from e2e.helpers import personal_patterns, raw_applicants
-from e2e.test_reconcile import RECONCILE_DAG, run_reconcile
+from e2e.test_reconcile_dag import RECONCILE_DAG, run_reconcile
 
 from d365.pipeline.retention import REPORT_FILES, RUN_MARKER
 
