@@ -44,6 +44,10 @@ REPORT_FILES = frozenset(
         "plan/dry_run.json",  # a dry run's plan: counts, owners, applicant ids
         "load/stats.json",  # request, retry and throttle counters
         "commit/privacy.json",  # erasure counts and failures (applicant ids, error codes)
+        "plan/parked.json",  # parked applicant ids this run held back
+        "commit/parked.json",  # applicant ids parked by this run, error codes, how many are parked now
+        "lock.json",  # the sync lock this run held: generation, ttl, waits
+        "lock/waits.jsonl",  # run ids of the lock holders this run waited for
         "quality/summary.md",  # counts per check, field and reason
         "quality/summary.json",
     }

@@ -30,6 +30,7 @@ PERSONAL = [
     steps.LOAD_RESULTS,
     triage.QUALITY_QUARANTINE,
     triage.QUALITY_GX_RESULT,
+    triage.QUALITY_FIELD_ISSUES,
 ]
 REPORTS = [
     steps.PREFLIGHT,
@@ -39,6 +40,10 @@ REPORTS = [
     steps.PLAN_DRY_RUN,
     steps.LOAD_STATS,
     steps.COMMIT_PRIVACY,
+    steps.PLAN_PARKED,
+    steps.COMMIT_PARKED,
+    steps.LOCK,
+    steps.LOCK_WAITS,
     steps.REPORT,
     steps.TIMINGS,
     triage.QUALITY_SUMMARY,
@@ -176,3 +181,19 @@ def test_retention_settings_defaults_and_checks() -> None:
     with pytest.raises(ValueError, match="report_days"):
         apply_retention("file:///nonexistent", personal_days=10, report_days=5)
     assert {steps.REPORT, triage.QUALITY_SUMMARY} <= retention.REPORT_FILES
+
+
+def test_every_run_file_the_sync_names_is_classified_here() -> None:
+    """A new run file must be placed in PERSONAL or REPORTS above (and in REPORT_FILES if it holds no personal
+    data): otherwise nobody decided how long it is kept."""
+    from d365.operators import load_leads
+
+    declared = {
+        value
+        for module in (steps, triage, load_leads)
+        for name, value in vars(module).items()
+        if name.isupper() and isinstance(value, str) and value.endswith((".json", ".jsonl", ".md"))
+    }
+    assert declared - set(PERSONAL) - set(REPORTS) == set()
+    assert {name for name in REPORTS} <= retention.REPORT_FILES
+    assert not set(PERSONAL) & retention.REPORT_FILES
