@@ -404,7 +404,7 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
     from d365.pipeline.fit import LeadSchema
     from d365.pipeline.ledger import last_full_extract_rows, record_full_extract_rows
     from d365.pipeline.mapping import check_catalog
-    from d365.pipeline.triage import QualityGateError, triage_applicants, write_artifacts
+    from d365.pipeline.triage import triage_applicants, write_artifacts
 
     s = rc.settings
     pre = rc.preflight()
@@ -454,11 +454,7 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
             + f" (see {files['summary']})"
         )
         log.error(message)
-        try:
-            from airflow.sdk.exceptions import AirflowFailException
-        except ImportError:  # pragma: no cover - Airflow-free callers
-            raise QualityGateError(message) from None
-        raise AirflowFailException(message)
+        raise AirflowFailException(message)  # retries cannot fix the data: fail the task at once
     rc.folder.write_jsonl(TRANSFORM_LEADS, result.leads)
     if full and not rc.dry_run:  # a dry run leaves the ledger untouched
         ledger = Ledger(rc.ledger_url)
@@ -475,10 +471,6 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
         files["summary"],
     )
     return {"leads": len(result.leads), **counts, "quality_invalid": result.quality.invalid_rows}
-
-
-def _consent_reason(missing: Iterable[int]) -> str:
-    return "required consent not accepted: " + ", ".join(f"consent {cid}" for cid in missing)
 
 
 # -- plan -------------------------------------------------------------------------------------------
@@ -756,7 +748,10 @@ def commit_step(rc: RunContext) -> dict[str, Any]:
                 or (entry.state is LeadState.WITHDRAWN and state is LeadState.SKIPPED_CONSENT)
             ):
                 continue  # still withdrawn (or erased): keep that state and its reason
-            updates.append(LedgerUpdate(aid, state, reason=o.get("reason")))
+            # a failure before the load (e.g. a picklist option that could not be added) gets the report's code,
+            # so a parked record always says why (python -m d365.parking list)
+            code = "before_load" if state is LeadState.FAILED else None
+            updates.append(LedgerUpdate(aid, state, reason=o.get("reason"), error_code=code))
         ledger.record(instance, updates, run_id=rc.run_id, version=version)
 
         # erasures: without a lead (no request), or whose CRM action an earlier run did (state erasing), pending

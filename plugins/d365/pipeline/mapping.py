@@ -52,7 +52,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
 
@@ -96,18 +96,6 @@ class MappedLead:
     @property
     def hash(self) -> str:
         return payload_hash(self.payload)
-
-    def with_options(self, added: Mapping[tuple[str, str], int]) -> MappedLead:
-        """The lead after the load added options: ``{(attribute, label): new option value}``."""
-        payload = dict(self.payload)
-        still: list[tuple[str, str]] = []
-        for attribute, label in self.options_needed:
-            value = added.get((attribute, label))
-            if value is None:
-                still.append((attribute, label))
-            else:
-                payload[attribute] = value
-        return replace(self, payload=payload, options_needed=still)
 
     def to_dict(self) -> dict[str, Any]:
         return {

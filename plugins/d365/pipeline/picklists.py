@@ -106,8 +106,8 @@ def ensure_options(
 def fill_options(
     payload: Mapping[str, Any], needed: Sequence[Sequence[str]], values: Mapping[OptionKey, int]
 ) -> tuple[dict[str, Any], list[str]]:
-    """The payload with each needed option's value (``MappedLead.with_options``), and the attributes
-    still without one."""
+    """The payload with each needed option's value (the plan fills what the transform left pending),
+    and the attributes still without one."""
     filled = dict(payload)
     missing: list[str] = []
     for attribute, label in needed:

@@ -57,10 +57,6 @@ QUALITY_FIELD_ISSUES = "quality/field_issues.jsonl"
 _SAFE_MESSAGES = frozenset({"too_long", "empty", "unknown_attribute", "error"})
 
 
-class QualityGateError(Exception):
-    """The batch failed its quality limits: stop before any write (Airflow-free stand-in)."""
-
-
 @dataclass
 class TriageResult:
     leads: list[dict[str, Any]]  # applicant_id, payload, payload_hash, email, issues (transform/leads.jsonl)

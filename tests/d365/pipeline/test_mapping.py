@@ -22,6 +22,7 @@ from d365.pipeline.mapping import (
     map_applicants,
     payload_hash,
 )
+from d365.pipeline.picklists import fill_options, option_key
 from d365.pipeline.settings import SOURCE_FIELDS, load_settings, parse_settings
 
 SCHEMA = LeadSchema.from_metadata_json()
@@ -171,9 +172,10 @@ def test_rejected_stage_needs_an_option_in_the_sandbox() -> None:
     assert lead.ok and lead.stage == "Rejected"
     assert lead.options_needed == [("uni_leadstage", "Rejected")]
     assert "uni_leadstage" not in lead.payload
-    filled = lead.with_options({("uni_leadstage", "Rejected"): 727000007})
-    assert filled.payload["uni_leadstage"] == 727000007 and filled.options_needed == []
-    assert lead.options_needed  # the original is unchanged
+    added = {option_key("uni_leadstage", "Rejected"): 727000007}
+    filled, missing = fill_options(lead.payload, lead.options_needed, added)
+    assert filled["uni_leadstage"] == 727000007 and missing == []
+    assert "uni_leadstage" not in lead.payload  # the mapped lead is unchanged
 
 
 def test_new_term_type_is_reported_as_needed_option() -> None:
