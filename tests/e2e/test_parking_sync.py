@@ -61,6 +61,7 @@ def test_a_record_failing_five_runs_is_parked_held_back_and_sent_after_release(
     fifth = env.reports()[-1]
     assert sorted(r["applicant_id"] for r in fifth["parked"]["newly_parked"]) == failing
     assert all(r["failed_runs"] == 5 for r in fifth["parked"]["newly_parked"])
+    assert {r.get("error_code") for r in fifth["parked"]["newly_parked"]} == {"before_load"}  # says why
     assert fifth["parked"]["total"] == len(failing)
     ledger = Ledger(env.ledger_url)
     try:
