@@ -89,15 +89,6 @@ def _encode_params(params: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return out
 
 
-def _id_map(obj: Any, path: str = "") -> dict[str, dict[str, Any]]:
-    """An ID-keyed collection as ``{id: item}``: drops a ``pages`` paginator, adds a missing ``"id"``.
-
-    PHP encodes an empty map as ``[]``; a non-empty list is keyed by each item's ``id``. Anything else (a
-    map holding non-records, null, a scalar) is a :class:`DreamApplyMalformedAnswer` (``answers.id_map``).
-    """
-    return id_map(obj, Where(DreamApplyMalformedAnswer, "GET", path))
-
-
 def _paginated(body: Any, where: Where) -> tuple[dict[str, dict[str, Any]], int | None]:
     """A ``pages``-paginated collection (e.g. /purged-resources): its items and the next page number."""
     items = id_map(body, where)
@@ -344,12 +335,6 @@ class DreamApplyHook(HttpHook):
             before_sleep=self._before_sleep,
             reraise=True,
         )
-
-    def request(self, method: str, path: str, params: Mapping[str, Any] | None = None) -> requests.Response:
-        """One GET/HEAD with quota, retries and typed errors; returns the (2xx/3xx) response."""
-        url = self.url_for(path)
-        encoded = _encode_params(params)
-        return self._retrying()(self._send_once, method.upper(), url, encoded)
 
     # -- API --------------------------------------------------------------------------------
     def get_json(

@@ -355,10 +355,15 @@ def test_limiter_disabled() -> None:
 
 # -- wire helpers ----------------------------------------------------------------------------
 def test_wire_helpers() -> None:
-    from d365.hooks.dreamapply import _encode_params, _id_map
+    from d365.hooks.answers import Where, id_map
+    from d365.hooks.dreamapply import _encode_params
 
-    assert _id_map([]) == {}  # PHP's empty map
-    assert _id_map({"pages": {"next": None}, "7": {"a": 1}, "8": {"id": 8}}) == {"7": {"a": 1, "id": 7}, "8": {"id": 8}}
+    where = Where(DreamApplyMalformedAnswer, "GET", "/courses")
+    assert id_map([], where) == {}  # PHP's empty map
+    assert id_map({"pages": {"next": None}, "7": {"a": 1}, "8": {"id": 8}}, where) == {
+        "7": {"a": 1, "id": 7},
+        "8": {"id": 8},
+    }
     assert _encode_params({"byIDs": [3, 1], "s": {2, 1}, "expand": "a,b", "x": None, "f": True, "n": 5}) == [
         ("byIDs", "3,1"), ("s", "1,2"), ("expand", "a,b"), ("f", "true"), ("n", "5")
     ]  # fmt: skip
