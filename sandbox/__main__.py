@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sandbox.config import SandboxConfig, ServiceProtectionLimits
+from sandbox.config import SandboxConfig, ServiceProtectionLimits, valid_entity_set_name
 from sandbox.runner import STATE_FILE, Sandbox
 
 
@@ -76,12 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.alternate_key_activation_seconds,
         help="seconds before the applicant-ID alternate key turns Active (negative: no key)",
     )
+    g.add_argument(
+        "--lead-entity-set",
+        default=d.lead_entity_set,
+        help="entity set name of the lead table in metadata and routes (default %(default)s)",
+    )
     return p
 
 
 def config_from_args(a: argparse.Namespace) -> SandboxConfig:
     if not 10 <= a.applicants <= 200_000:
         raise SystemExit("--applicants must be between 10 and 200000")
+    if not valid_entity_set_name(a.lead_entity_set):
+        raise SystemExit(
+            f"--lead-entity-set {a.lead_entity_set!r}: a name of letters, digits and _ that no other route uses"
+        )
     return SandboxConfig(
         login_port=a.login_port,
         dataverse_port=a.dataverse_port,
@@ -103,6 +112,7 @@ def config_from_args(a: argparse.Namespace) -> SandboxConfig:
         request_latency_ms=a.request_latency_ms,
         operation_ms=a.operation_ms,
         alternate_key_activation_seconds=a.key_activation,
+        lead_entity_set=a.lead_entity_set,
     )
 
 

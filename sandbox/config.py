@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,17 @@ SANDBOX_TENANT_ID = "6f0c2a1e-5b7d-4c1a-9e3f-2d8b7a6c5e4f"
 SANDBOX_CLIENT_ID = "0b8d3f7e-1c2a-4e5b-8f9d-7a6c5b4e3d2c"
 SANDBOX_CLIENT_SECRET = "sandbox-client-secret-do-not-use-in-production"
 SANDBOX_DREAMAPPLY_API_KEY = "sandbox-dreamapply-api-key-0123456789abcdef"
+
+# Web API route names the lead table's entity set must not shadow.
+RESERVED_ROUTES = frozenset(
+    {"systemusers", "teams", "EntityDefinitions", "WhoAmI", "RetrieveVersion", "InsertOptionValue", "PublishXml"}
+    | {"PublishAllXml", "BulkDelete", "$metadata", "$batch"}
+)
+
+
+def valid_entity_set_name(name: str) -> bool:
+    """An OData identifier that no other sandbox route answers to."""
+    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name)) and name not in RESERVED_ROUTES
 
 
 @dataclass
@@ -64,8 +76,15 @@ class SandboxConfig:
     # The DreamApply-applicant-ID alternate key exists at start in Pending state and turns Active
     # after this many seconds (0: Active at once; negative: no key defined at all).
     alternate_key_activation_seconds: float = 0.0
+    # The lead table's entity set name (metadata ``EntitySetName`` and the Web API route): ``leads`` in a stock
+    # org; another name stands for an org where it differs, so a client must use what the metadata says.
+    lead_entity_set: str = "leads"
     # Keep at most this many request-log entries (oldest dropped first).
     request_log_size: int = 500_000
+
+    def __post_init__(self) -> None:
+        if not valid_entity_set_name(self.lead_entity_set):
+            raise ValueError(f"lead_entity_set {self.lead_entity_set!r} is not a usable entity set name")
 
     def replace(self, **changes: object) -> SandboxConfig:
         return dataclasses.replace(self, **changes)

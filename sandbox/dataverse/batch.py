@@ -140,6 +140,8 @@ class BatchOutcome:
     continue_on_error: bool
     operations: int = 0
     part_statuses: list[int] = field(default_factory=list)
+    # "<METHOD> <path below the Web API root>" of each operation, in order (no query: $filter may hold data)
+    part_requests: list[str] = field(default_factory=list)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -361,9 +363,11 @@ class BatchExecutor:
         self.inherited = dict(inherited_headers or {})
         self.operations = 0
         self.part_statuses: list[int] = []
+        self.part_requests: list[str] = []
 
     def _run(self, req: HttpRequestPart, txn: Any, ids: Mapping[str, str]) -> _Result:
         self.operations += 1
+        self.part_requests.append(f"{req.method} {_web_api_path(req.url)}")
         try:
             url = _resolve_url(req.url, ids)
             body = _resolve_body(req.body, ids)
@@ -443,7 +447,14 @@ class BatchExecutor:
             continue_on_error=self.continue_on_error,
             operations=self.operations,
             part_statuses=self.part_statuses,
+            part_requests=self.part_requests,
         )
+
+
+def _web_api_path(url: str) -> str:
+    """``https://org/api/data/v9.2/leads(x)?$select=a`` → ``leads(x)`` (for the request log)."""
+    path = urlsplit(url).path
+    return path.split("/api/data/v9.2/", 1)[1] if "/api/data/v9.2/" in path else path.lstrip("/")
 
 
 def _inherited_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -491,6 +502,7 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
     request[OPS_KEY] = outcome.operations
     extra["ops"] = outcome.operations
     extra["part_statuses"] = outcome.part_statuses
+    extra["part_requests"] = outcome.part_requests
     if continue_on_error:
         extra["continue_on_error"] = True
     req_id = str(uuid.uuid4())

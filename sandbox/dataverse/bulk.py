@@ -121,7 +121,7 @@ def _address(ops: LeadOps, item: dict[str, Any], index: int) -> Target | None:
         if marker in path:
             path = path.split(marker, 1)[1]
         segments = odata.split_path(path)
-        if len(segments) != 1 or segments[0].name != "leads" or not segments[0].args:
+        if len(segments) != 1 or segments[0].name != ops.table.entity_set or not segments[0].args:
             raise errors.bad_request(
                 f"The '@odata.id' of Targets[{index}] must address a lead, e.g. leads(uni_applicantid='A-1').",
                 code=errors.INVALID_ARGUMENT,

@@ -157,7 +157,8 @@ def parse(text: str, table: LeadTable) -> FetchQuery:
     _check_attributes(entity, {"name"})
     if entity.get("name") != "lead":
         raise _invalid(
-            f"The entity '{entity.get('name')}' in the FetchXML does not match the entity set 'leads' of the request."
+            f"The entity '{entity.get('name')}' in the FetchXML does not match the entity set "
+            f"'{table.entity_set}' of the request."
         )
 
     query = FetchQuery(select=[])
@@ -418,7 +419,7 @@ def response_body(req: Request, table: LeadTable, web_api_url: str, text: str, u
     query = parse(text, table)
     result, total, exceeded = run(table, query)
     annotate = req.wants_annotation("OData.Community.Display.V1.FormattedValue")
-    body: dict[str, Any] = {"@odata.context": f"{web_api_url}/$metadata#leads"}
+    body: dict[str, Any] = {"@odata.context": f"{web_api_url}/$metadata#{table.entity_set}"}
     if query.total_count:
         body[f"@{TOTAL_COUNT}"] = -1 if exceeded else total
         body[f"@{TOTAL_COUNT_EXCEEDED}"] = exceeded

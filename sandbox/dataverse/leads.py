@@ -42,7 +42,6 @@ NAV_NAME = "Microsoft.Dynamics.CRM.associatednavigationproperty"
 class LeadTable:
     """Adapter of the lead store to the query engine, plus rendering of rows as Web API entities."""
 
-    entity_set = "leads"
     type_name = LEAD_TYPE
     primary_id = "leadid"
 
@@ -52,6 +51,11 @@ class LeadTable:
         self._getters: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {}
         self._projection: list[tuple[str, Callable[[dict[str, Any]], Any]]] = []
         self.rebuild()
+
+    @property
+    def entity_set(self) -> str:
+        """The lead table's entity set name as its metadata serves it (``leads`` unless configured)."""
+        return str(self.meta.entity["EntitySetName"])
 
     def rebuild(self) -> None:
         getters: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {}
@@ -233,7 +237,7 @@ class LeadOps:
         raise errors.key_not_defined("lead")
 
     def entity_id_url(self, target: tuple[str, Any, KeyDef | None], row_id: str | None = None) -> str:
-        base = self.service.web_api_url + "/leads"
+        base = f"{self.service.web_api_url}/{self.table.entity_set}"
         if target[0] == "id" or (row_id is not None and target[0] != "key"):
             return f"{base}({row_id or target[1]})"
         parts = ",".join(f"{name}={odata.format_key_literal(v)}" for name, v in target[1].items())
@@ -258,7 +262,7 @@ class LeadOps:
     # -- reads -------------------------------------------------------------------------
     def _query_options(self, req: Request, count_only: bool = False) -> odata.QueryOptions:
         q = req.query
-        odata.check_custom_options(q, "leads", implemented=() if count_only else ("fetchXml",))
+        odata.check_custom_options(q, self.table.entity_set, implemented=() if count_only else ("fetchXml",))
         for name in q:
             if name == "$skip":
                 raise errors.bad_request("The query parameter $skip is not supported")
@@ -310,7 +314,7 @@ class LeadOps:
         options = self._query_options(req)
         result = odata.run_query(self.table, options)
         sel = req.query.get("$select")
-        context = f"{self.service.web_api_url}/$metadata#leads" + (
+        context = f"{self.service.web_api_url}/$metadata#{self.table.entity_set}" + (
             f"({','.join(odata.parse_list(sel))})" if sel else ""
         )
         body: dict[str, Any] = {"@odata.context": context}
@@ -324,12 +328,12 @@ class LeadOps:
         body["value"] = [self.table.render(row, select, annotate, users) for row in result.rows]
         if result.next_cursor is not None:
             body["@odata.nextLink"] = odata.build_next_link(
-                self.service.web_api_url + "/leads", req.query, result.next_cursor
+                f"{self.service.web_api_url}/{self.table.entity_set}", req.query, result.next_cursor
             )
         return self.service.json_response(200, body, req.preference_applied(page_size=True), streaming=True)
 
     def retrieve(self, req: Request, target: tuple[str, Any, KeyDef | None]) -> SubResponse:
-        odata.check_custom_options(req.query, "leads")
+        odata.check_custom_options(req.query, self.table.entity_set)
         for name in req.query:
             if name.startswith("$") and name not in ("$select", "$expand"):
                 raise errors.bad_request(f"The query parameter {name} is not supported")
@@ -351,7 +355,7 @@ class LeadOps:
         sel = req.query.get("$select")
         select = self.table.select_names(sel)
         context = (
-            f"{self.service.web_api_url}/$metadata#leads"
+            f"{self.service.web_api_url}/$metadata#{self.table.entity_set}"
             + (f"({','.join(odata.parse_list(sel))})" if sel else "")
             + "/$entity"
         )
@@ -375,7 +379,7 @@ class LeadOps:
             value = getter(row)
             if value is None:
                 return self.service.empty_response(204)
-            context = f"{self.service.web_api_url}/$metadata#leads({row['leadid']})/{name}"
+            context = f"{self.service.web_api_url}/$metadata#{self.table.entity_set}({row['leadid']})/{name}"
             return self.service.json_response(200, {"@odata.context": context, "value": value})
         if req.method in ("PUT", "DELETE"):
             if req.method == "PUT":

@@ -262,10 +262,11 @@ class KeyDef:
 class LeadMetadata:
     """Mutable metadata of the lead table (option values can be inserted, keys created)."""
 
-    def __init__(self) -> None:
+    def __init__(self, entity_set: str = "leads") -> None:
         base = json.loads(LEAD_ATTRIBUTES_FILE.read_text())
         custom = json.loads(CUSTOM_COLUMNS_FILE.read_text())
-        self.entity = base["entity"]
+        # the lead table's Web API name: ``leads`` in a stock org; another name when set (``--lead-entity-set``)
+        self.entity = {**base["entity"], "EntitySetName": entity_set}
         self.publisher = custom["publisher"]
         self.initial_keys = custom["alternate_keys"]
         self.entity_metadata_id = meta_id("entity", "lead")

@@ -210,7 +210,7 @@ class UserDirectory:
 class DataverseService:
     def __init__(self, state: SandboxState) -> None:
         self.state = state
-        self.metadata = LeadMetadata()
+        self.metadata = LeadMetadata(state.config.lead_entity_set)
         self.store = LeadStore()
         self.users = UserDirectory(state)
         self.lead_table = LeadTable(self.metadata, self.store)
@@ -368,7 +368,7 @@ class DataverseService:
             return self.service_document()
         first = segments[0]
         name = first.name
-        if name == "leads":
+        if name == self.lead_table.entity_set:
             return self.leads.handle(req, segments)
         if name in ("systemusers", "teams"):
             return self.simple_entity_set(
@@ -411,7 +411,7 @@ class DataverseService:
 
     # -- small routes ------------------------------------------------------------------
     def service_document(self) -> SubResponse:
-        sets = ["leads", "systemusers", "teams", "EntityDefinitions"]
+        sets = [self.lead_table.entity_set, "systemusers", "teams", "EntityDefinitions"]
         return self.json_response(
             200,
             {
@@ -544,7 +544,8 @@ class DataverseService:
                 lines.append(f'<Property Name="{name}" Type="{edm.get(kind, "Edm.String")}"/>')
             lines.append("</EntityType>")
         lines.append('<EntityContainer Name="System">')
-        for entity_set, logical in (("leads", "lead"), ("systemusers", "systemuser"), ("teams", "team")):
+        lead_set = self.lead_table.entity_set
+        for entity_set, logical in ((lead_set, "lead"), ("systemusers", "systemuser"), ("teams", "team")):
             lines.append(f'<EntitySet Name="{entity_set}" EntityType="Microsoft.Dynamics.CRM.{logical}"/>')
         lines.extend(["</EntityContainer>", "</Schema>", "</edmx:DataServices>", "</edmx:Edmx>"])
         return "\n".join(lines)
