@@ -1,7 +1,9 @@
 """``make run``: the sync, end to end, against the local sandbox — no credentials needed.
 
 1. Starts the sandbox in the background unless one is already answering (its state in ``.sandbox/``),
-   so a second ``make run`` talks to the same DreamApply and Dynamics data.
+   so a second ``make run`` talks to the same DreamApply and Dynamics data. A newly started sandbox has an
+   empty Dynamics 365, so the local sync state that described the old one (the ledger and run folders in
+   ``.airflow/``) is removed with it: otherwise the cursors would say "everything sent" to an empty CRM.
 2. Points Airflow at ``.airflow/`` (SQLite), migrates its database and creates the two pools.
 3. Passes the sandbox's connections through ``AIRFLOW_CONN_*`` and runs
    ``airflow dags test dreamapply_to_dynamics365``, then prints the run summary.
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,9 +72,20 @@ def ensure_sandbox(applicants: int) -> SandboxClient:
                 f"sandbox started with {applicants} applicants (pid {proc.pid}; logs in .sandbox/sandbox.log)",
                 file=sys.stderr,
             )
+            forget_sync_state()
             return client
         time.sleep(0.2)
     raise SystemExit("the sandbox did not become ready in 120 s")
+
+
+def forget_sync_state() -> None:
+    """The ledger and run folders of an earlier sandbox describe leads that no longer exist: start afresh."""
+    ledger = AIRFLOW_HOME / "d365_ledger.db"
+    runs = AIRFLOW_HOME / "d365_runs"
+    if ledger.exists() or runs.exists():
+        ledger.unlink(missing_ok=True)
+        shutil.rmtree(runs, ignore_errors=True)
+        print("a new sandbox: the local ledger and run folders of the previous one were removed", file=sys.stderr)
 
 
 def stop_sandbox() -> None:
