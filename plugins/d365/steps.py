@@ -364,7 +364,13 @@ def extract_step(rc: RunContext) -> dict[str, Any]:
         result = extract(hook, cursors, event_names=events, applicant_ids=requested, page_size=page, carried=carried)
     else:
         result = extract(
-            hook, cursors, event_names=events, full_resync=rc.full_resync, page_size=page, carried=carried
+            hook,
+            cursors,
+            event_names=events,
+            deletion_events=s.dreamapply.deletion_events,  # erasure signals: read with the journal too
+            full_resync=rc.full_resync,
+            page_size=page,
+            carried=carried,
         )
         seen = {a["applicant_id"] for a in result.applicants}
         missing = [i for i in retry_ids if i not in seen]
