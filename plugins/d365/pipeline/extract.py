@@ -24,9 +24,12 @@ Request budget: requests grow with *pages*, never with applicants.
   of every application. Small incremental runs (the normal case) are far cheaper with chunks; when more
   than one chunk is needed the extract counts all applications with one ``HEAD`` and scans instead if
   that needs fewer requests. 500 IDs keep the query string near 5 KB (URL length limits of proxies).
-- Erasures: /purged-resources (paginator, 100 per page) on first load/resync, and on incremental runs
-  only when the journal reported an "Applicant was deleted" event (or that event is not watched, so it
-  cannot tell); never for ``applicant_ids`` runs.
+- Erasures: the journal is read for ``deletion_events`` (``dreamapply.deletion_events``, by default
+  "Applicant was deleted") as well as ``event_names``; an applicant such an event names is never fetched again
+  (IDs are never reused). /purged-resources (paginator, 100 per page) is read on first load/resync, and on
+  incremental runs only when a deletion event came (or none is configured, so the journal cannot tell) or a
+  wanted ID could not be read; never for ``applicant_ids`` runs. An applicant a deletion event names that is
+  not (yet) in /purged-resources is carried like any unread ID, so the purge list is read again next run.
 
 Cursors are *returned*, never saved: the caller stores them after the load commits, so a failed load
 replays the same changes next run. The journal keeps only 6 months of events: a cursor older than that
@@ -60,6 +63,7 @@ from d365.pipeline.records import (
     CourseChoice,
     OfferRecord,
 )
+from d365.pipeline.settings import DEFAULT_DELETION_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,6 @@ APPLICATION_EXPAND = "courses,offers"
 JOURNAL_PAGE = 1024  # the journal's cap (reference §1.6)
 LIST_PAGE_CAP = 32768  # /applicants and /applications without expand
 APPLICANT_ID_CHUNK = 500
-DELETED_EVENT = "Applicant was deleted"
 
 
 @dataclass
@@ -332,9 +335,7 @@ def _sorted_applications(applications: Any) -> list[ApplicationRecord]:
     return sorted(applications, key=lambda a: (not isinstance(a.get("id"), int), a.get("id") or 0))
 
 
-def _malformed_applicant(
-    applicant_id: int | None, reason: str, notes: list[str], applications: Any
-) -> ApplicantRecord:
+def _malformed_applicant(applicant_id: int | None, reason: str, notes: list[str], applications: Any) -> ApplicantRecord:
     return ApplicantRecord(
         applicant_id=applicant_id,  # type: ignore[typeddict-item]
         type=None,
@@ -582,6 +583,7 @@ def extract(
     cursors: Cursors,
     *,
     event_names: Sequence[str],
+    deletion_events: Sequence[str] = DEFAULT_DELETION_EVENTS,
     full_resync: bool = False,
     applicant_ids: Sequence[int] | None = None,
     include_new: bool = True,
@@ -597,8 +599,10 @@ def extract(
       ``resync``/``new``; the returned cursors are the newest journal event (read first) and the highest
       applicant ID seen.
     - otherwise: new applicants (``include_new``) and applicants named by journal events of
-      ``event_names`` (``include_changes``), reasons ``new``/``changed``; ``carried`` (IDs earlier runs could
-      not read) are fetched with the first ranges, reason ``carried``.
+      ``event_names`` (``include_changes``), reasons ``new``/``changed``; an applicant named by an event of
+      ``deletion_events`` (read with them; such a name wins over ``event_names``) is an erasure signal, never
+      fetched; ``carried`` (IDs earlier runs could not read) are fetched with the first ranges, reason
+      ``carried``.
 
     ``ExtractResult.carried``: wanted IDs that could not be read this run (see the module docstring), for the
     caller to save with the cursors; ``carried_read``: the ``carried`` IDs that no longer need carrying.
@@ -608,6 +612,8 @@ def extract(
     if applicant_ids is None and include_changes and not event_names:
         raise ValueError("event_names is required (DreamApply's journal needs byEvents)")
     earlier = sorted({int(i) for i in carried})
+    deletion_names = set(deletion_events)
+    watched = list(dict.fromkeys([*event_names, *deletion_events]))  # the journal's byEvents, each name once
     requests_before = _requests(client)
     catalog, years = load_catalog(client)
     run = _Run(client, catalog, years, page_size)
@@ -625,7 +631,7 @@ def extract(
         wanted = set(earlier)  # untouched by a manual send: carried as they were (unless read now)
     elif full_resync or (include_new and cursors.applicant_id == 0 and cursors.journal_event_id == 0):
         reason = "resync" if full_resync else "new"
-        newest = _newest_event_id(client, event_names) if event_names else None
+        newest = _newest_event_id(client, watched) if event_names else None
         top = run.scan_applicants(1, reason)
         apps = run.applications_all()
         new_cursors = Cursors(
@@ -637,7 +643,7 @@ def extract(
     else:
         changed: set[int] = set()
         if include_changes:
-            events, top_event = _read_journal(client, event_names, cursors.journal_event_id)
+            events, top_event = _read_journal(client, watched, cursors.journal_event_id)
             counts["journal_events"] = len(events)
             new_cursors.journal_event_id = top_event
             orphan_apps: set[int] = set()
@@ -645,15 +651,17 @@ def extract(
                 aid = link_id(ev.get("applicant"))
                 if aid is not None:
                     changed.add(aid)
-                    if ev.get("event") == DELETED_EVENT:
+                    if ev.get("event") in deletion_names:
                         deleted.add(aid)
                 elif (app_id := link_id(ev.get("application"))) is not None:
                     orphan_apps.add(app_id)
             changed |= _applicants_of_applications(client, orphan_apps, years, page_size)
             changed -= deleted  # IDs are never reused: a deleted applicant cannot be fetched any more
-            read_purges = DELETED_EVENT not in event_names or any(ev.get("event") == DELETED_EVENT for ev in events)
+            # no deletion event configured: the journal cannot tell, so the purge list is always read
+            read_purges = not deletion_names or any(ev.get("event") in deletion_names for ev in events)
             run.fetch_ids(set(earlier) - deleted, "carried", carry_failures=True)  # carried first
-        wanted = (changed | set(earlier)) - deleted
+        # a deleted ID stays wanted (never fetched): found in the purge list it is an erasure, else carried
+        wanted = changed | set(earlier) | deleted
         if include_new:
             top = run.scan_applicants(cursors.applicant_id + 1, "new")
             new_cursors.applicant_id = max(cursors.applicant_id, top)

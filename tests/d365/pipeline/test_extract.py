@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from itertools import pairwise
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from d365.hooks.dreamapply import DreamApplyHook
 from d365.hooks.errors import DreamApplyAuthError, DreamApplyMalformedAnswer
 from d365.pipeline.extract import Cursors, ExtractResult, _ranges, extract, link_id
+from d365.pipeline.settings import load_settings
 from sandbox import Sandbox
 from sandbox.client import SandboxClient, airflow_connections
 
@@ -479,6 +481,64 @@ def test_an_applicant_missing_from_the_answer_stays_carried_a_purged_one_does_no
     assert result.carried == [10**6]  # named earlier, still not in any answer and not purged: kept
     assert 8 not in result.carried and 8 in result.erased_applicant_ids  # gone: handled as an erasure
     assert result.counts["carried"] == 1 and result.carried_read == []
+
+
+# -- dreamapply.deletion_events: every configured deletion event is an erasure signal --------------------
+def journal_event_names(log: list[dict[str, Any]]) -> set[str]:
+    """The event names every journal request of ``log`` asked for (``byEvents``)."""
+    queries = [parse_qs(e["query"]) for e in log if e["path"].endswith("/journal")]
+    assert queries, "no journal request"
+    return {name for q in queries for value in q["byEvents"] for name in value.split(",")}
+
+
+def test_the_default_deletion_event_is_read_though_the_change_events_omit_it(private) -> None:
+    hook, client = private
+    changes = list(load_settings().dreamapply.journal_events)  # the shipped settings: no deletion event in them
+    assert "Applicant was deleted" not in changes
+    first = extract(hook, Cursors(), event_names=changes)
+    client.post("/dreamapply/applicants/12/erase", {"request_to_be_forgotten": True})
+    seq = client.last_seq()
+    result = extract(hook, first.cursors, event_names=changes)
+    assert "Applicant was deleted" in journal_event_names(client.requests(server="dreamapply", since=seq))
+    assert result.erased_applicant_ids == [12] and result.counts["purged_applicants"] == 1
+    assert result.applicants == [] and result.carried == []
+    # nothing deleted since: the purge list is not read again (the journal can tell)
+    again = extract(hook, result.cursors, event_names=changes)
+    assert "purged_applicants" not in again.counts and again.erased_applicant_ids == []
+
+
+def test_a_configured_deletion_event_is_an_erasure_signal_and_the_default_name_is_not_hard_coded(private) -> None:
+    hook, client = private
+    custom = ["Applicant was edited"]  # a non-default deletion event name the sandbox can emit on demand
+    changes = [e for e in NO_DELETE_EVENT if e not in custom]
+    first = extract(hook, Cursors(), event_names=changes, deletion_events=custom)
+    edit(client, 5, {"phone": "+372 5555 0005"})  # journal: "Applicant was edited" for 5
+    client.post("/dreamapply/applicants/12/erase", {"request_to_be_forgotten": True})  # "Applicant was deleted"
+    seq = client.last_seq()
+    result = extract(hook, first.cursors, event_names=changes, deletion_events=custom)
+    log = client.requests(server="dreamapply", since=seq)
+    names = journal_event_names(log)
+    assert "Applicant was edited" in names and "Applicant was deleted" not in names
+    assert result.applicants == []  # 5 is an erasure signal: never fetched
+    assert not [e for e in log if e["path"].endswith("/applicants") and "byUntil" in e["query"]]
+    # the configured event came, so the purge list was read; 5 is not in it (yet): carried, so it is read again
+    assert result.counts["purged_applicants"] == 1 and result.erased_applicant_ids == [12]
+    assert result.carried == [5]
+
+    # an "Applicant was deleted" (not configured now) with no configured event: the purge list is not read
+    client.post("/dreamapply/applicants/13/erase", {"request_to_be_forgotten": True})
+    again = extract(hook, result.cursors, event_names=changes, deletion_events=custom, carried=result.carried)
+    assert [(a["applicant_id"], a["reason"]) for a in again.applicants] == [(5, "carried")]
+    assert "purged_applicants" not in again.counts and again.carried == []
+
+
+def test_without_deletion_events_the_purge_list_is_read_every_run(private) -> None:
+    hook, client = private
+    first = extract(hook, Cursors(), event_names=NO_DELETE_EVENT, deletion_events=())
+    seq = client.last_seq()
+    result = extract(hook, first.cursors, event_names=NO_DELETE_EVENT, deletion_events=())
+    assert "Applicant was deleted" not in journal_event_names(client.requests(server="dreamapply", since=seq))
+    assert result.counts["purged_applicants"] == 0  # the journal cannot tell: read anyway
 
 
 def test_a_manual_send_keeps_the_carried_it_did_not_read(private) -> None:
