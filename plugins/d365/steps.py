@@ -68,9 +68,6 @@ PLAN_PARKED = "plan/parked.json"  # parked applicants this run held back (not se
 COMMIT_PARKED = "commit/parked.json"  # applicants parked by this run's commit, and how many are parked now
 LOCK_WAITS = "lock/waits.jsonl"  # one line per look at the lock that found another run holding it
 
-# Lookups of existing leads go in chunks small enough for a GET URL (values are escaped and encoded).
-LOOKUP_CHUNK = 50
-
 
 class PreflightError(AirflowFailException):
     """The integration is misconfigured: stop before any extract or write, naming what is wrong.
@@ -675,8 +672,8 @@ def _lookup_existing(
     transient; the task fails and its retry asks again), an answer that is not a collection is a
     ``DynamicsMalformedAnswer`` from the hook, and a row without a lead id or with a non-text key or e-mail
     is one here, never "no existing lead". Messages carry the path, never the ``$filter`` values."""
-    from d365.hooks.dynamics import GUID_RE
     from d365.hooks.errors import DynamicsMalformedAnswer
+    from d365.hooks.odata import GUID_RE
 
     key_col = s.dynamics.alternate_key
     email_column = s.dedupe.email_column
@@ -685,12 +682,9 @@ def _lookup_existing(
 
     def fetch(column: str, values: list[str]) -> Iterable[dict[str, Any]]:
         nonlocal requests
-        for start in range(0, len(values), LOOKUP_CHUNK):
-            chunk = values[start : start + LOOKUP_CHUNK]
-            literal = ",".join("'" + v.replace("'", "''") + "'" for v in chunk)
-            flt = f"Microsoft.Dynamics.CRM.In(PropertyName='{column}',PropertyValues=[{literal}]) and statecode eq 0"
-            requests += 1
-            yield from dyn.query(entity_set, select=select, filter=flt)
+        found = dyn.query_in(entity_set, column, values, select=select, filter="statecode eq 0")
+        requests += found.requests
+        return found.rows
 
     def existing(row: Mapping[str, Any]) -> ExistingLead:
         lead_id = row.get(primary_id)

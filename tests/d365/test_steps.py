@@ -75,9 +75,10 @@ def test_lead_lookup_fails_on_a_lying_answer_instead_of_finding_nothing(make_san
 
 
 def test_a_lookup_row_without_a_lead_id_is_an_error() -> None:
-    """The sandbox always answers the selected primary id; a stand-in query shows the row check itself."""
+    """The sandbox always answers the selected primary id; a stand-in lookup shows the row check itself."""
     import pytest
 
+    from d365.hooks.dynamics_query import ValueLookup
     from d365.hooks.errors import DynamicsMalformedAnswer
     from d365.pipeline.plan import LeadPayload
     from d365.pipeline.settings import load_settings
@@ -87,8 +88,8 @@ def test_a_lookup_row_without_a_lead_id_is_an_error() -> None:
         def __init__(self, rows: list[dict]) -> None:
             self.rows = rows
 
-        def query(self, entity_set: str, **_: object) -> list[dict]:
-            return self.rows
+        def query_in(self, entity_set: str, column: str, values: list[str], **_: object) -> ValueLookup:
+            return ValueLookup(self.rows, 1)
 
     unknown = [LeadPayload(7, {}, "h", "a@example.org")]
     for row in ({"emailaddress1": "a@example.org"}, {"leadid": "not-a-guid", "emailaddress1": "a@example.org"},
