@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from d365.hooks.dynamics import DynamicsHook, entity_path, key_segment, odata_literal
+from d365.hooks.dynamics import DynamicsHook, odata_literal
 from d365.hooks.errors import (
     DynamicsConflict,
     DynamicsError,
@@ -46,21 +46,6 @@ def hook(dynamics_hook: DynamicsHook) -> DynamicsHook:
 @pytest.fixture
 def uid(dynamics_uid: str) -> str:
     return dynamics_uid
-
-
-# -- helpers (pure) ----------------------------------------------------------------------------------------
-def test_key_and_literal_formatting() -> None:
-    guid = "0F8FAD5B-D9CB-469F-A165-70867728950E"
-    assert key_segment(guid) == "(0f8fad5b-d9cb-469f-a165-70867728950e)"
-    assert key_segment("{" + guid + "}") == "(0f8fad5b-d9cb-469f-a165-70867728950e)"
-    assert entity_path("leads", {"uni_ApplicantId": "O'Brien"}) == "leads(uni_applicantid='O''Brien')"
-    assert key_segment({"uni_applicantid": "a b/ü"}) == "(uni_applicantid='a%20b%2F%C3%BC')"
-    assert key_segment({"k1": 2, "k2": "x"}) == "(k1=2,k2='x')"
-    assert odata_literal("it's") == "'it''s'" and odata_literal(True) == "true" and odata_literal(None) == "null"
-    with pytest.raises(ValueError):
-        key_segment("A-123")
-    with pytest.raises(ValueError):
-        key_segment({"uni_applicantid": None})
 
 
 def test_hook_identity_and_lazy_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
