@@ -6,8 +6,13 @@ import json
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from d365.pipeline.settings import REPO_SETTINGS
 from sandbox.client import SandboxClient
 
 
@@ -187,3 +192,28 @@ def expected_field_issues(a: dict[str, Any], default_region: str | None = None) 
     if citizenship and expected_country(citizenship) is None:
         bad.add("citizenship")
     return bad
+
+
+def settings_file(tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    """The repository's settings with ``change`` applied, written to ``tmp_path/settings.yaml``."""
+    data = yaml.safe_load(REPO_SETTINGS.read_text(encoding="utf-8"))
+    change(data)
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def autumn_term(data: dict[str, Any]) -> None:
+    """Every "Fall semester" needs the new picklist option "Autumn term" (allowlisted, added by the plan)."""
+    data["data_mapping"]["uni_academictermtype"] = {
+        "source": "term.type",
+        "picklist": True,
+        "on_missing_option": "add",
+        "add_allowlist": ["Autumn term"],
+        "value_map": {"Fall semester": "Autumn term"},
+    }
+
+
+def latest_run(env: Any) -> Path:
+    """The run folder of the newest run with a report."""
+    return max(env.run_root.glob("*/*/report.json"), key=lambda p: p.stat().st_mtime).parent

@@ -8,21 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from e2e.helpers import accepted_live, leads_by_applicant, raw_applicants
-from e2e.test_picklists_owners import latest_run, settings_file
+from e2e.helpers import accepted_live, autumn_term, latest_run, leads_by_applicant, raw_applicants, settings_file
 
 from d365.pipeline.ledger import Ledger
-
-
-def autumn_term(data: dict[str, Any]) -> None:
-    """Every "Fall semester" needs the new option "Autumn term" (allowlisted): a dry run must not add it."""
-    data["data_mapping"]["uni_academictermtype"] = {
-        "source": "term.type",
-        "picklist": True,
-        "on_missing_option": "add",
-        "add_allowlist": ["Autumn term"],
-        "value_map": {"Fall semester": "Autumn term"},
-    }
 
 
 def option_calls(env: Any) -> tuple[int, int]:

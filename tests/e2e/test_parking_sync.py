@@ -10,26 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from e2e.helpers import leads_by_applicant
+from e2e.helpers import autumn_term, leads_by_applicant, settings_file
 
 from d365.parking import main as parking_command
 from d365.pipeline.ledger import LeadState, Ledger, parked_records
-from d365.pipeline.settings import REPO_SETTINGS
-
-
-def settings_file(tmp_path: Path) -> Path:
-    data = yaml.safe_load(REPO_SETTINGS.read_text(encoding="utf-8"))
-    data["data_mapping"]["uni_academictermtype"] = {
-        "source": "term.type",
-        "picklist": True,
-        "on_missing_option": "add",
-        "add_allowlist": ["Autumn term"],
-        "value_map": {"Fall semester": "Autumn term"},
-    }
-    path = tmp_path / "settings.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
 
 
 def fault(env: Any, rule: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +23,7 @@ def fault(env: Any, rule: dict[str, Any]) -> dict[str, Any]:
 def test_a_record_failing_five_runs_is_parked_held_back_and_sent_after_release(
     sync_env: Any, tmp_path: Path, capsys: Any
 ) -> None:
-    env = sync_env(settings=settings_file(tmp_path), applicants=20)
+    env = sync_env(settings=settings_file(tmp_path, autumn_term), applicants=20)
     rule = env.client.add_fault(kind="status", server="dataverse", path="InsertOptionValue", status=400)
 
     assert env.run().state == "success"

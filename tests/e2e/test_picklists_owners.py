@@ -9,27 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from e2e.helpers import leads_by_applicant, raw_applicants
+from e2e.helpers import latest_run, leads_by_applicant, raw_applicants, settings_file
 
 from d365.pipeline.ledger import LeadState, Ledger
 from d365.pipeline.plan import CREATE, Operation
-from d365.pipeline.settings import REPO_SETTINGS
 
 FALL, SPRING = 727000000, 727000001  # the sandbox's uni_academictermtype options
 SUBMITTED = 727000002  # uni_leadstage
-
-
-def settings_file(tmp_path: Path, change: Any) -> Path:
-    data = yaml.safe_load(REPO_SETTINGS.read_text(encoding="utf-8"))
-    change(data)
-    path = tmp_path / "settings.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
-
-
-def latest_run(env: Any) -> Path:
-    return max(env.run_root.glob("*/*/report.json"), key=lambda p: p.stat().st_mtime).parent
 
 
 def plan_of(env: Any) -> tuple[dict[str, Any], list[Operation]]:

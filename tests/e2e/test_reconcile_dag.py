@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.conftest import REPO
-from e2e.helpers import leads_by_applicant
-from e2e.test_picklists_owners import settings_file
+from e2e.helpers import leads_by_applicant, settings_file
 
 from d365.pipeline.ledger import LeadState, Ledger
 

@@ -28,8 +28,7 @@ from typing import Any
 
 import pytest
 from e2e.conftest import REPO
-from e2e.helpers import accepted_live, leads_by_applicant, raw_applicants
-from e2e.test_picklists_owners import settings_file
+from e2e.helpers import accepted_live, leads_by_applicant, raw_applicants, settings_file
 
 from d365.pipeline.ledger import LeadState, Ledger, carried_ids
 
