@@ -10,6 +10,27 @@ from __future__ import annotations
 from typing import Any
 
 
+def _transport_fields(sandbox_allows: str) -> dict[str, Any]:
+    """The extras both connection types share: TLS trust, the Retry-After cap and the sandbox flag."""
+    return {
+        "ca_bundle": {
+            "label": "CA bundle path",
+            "description": "Optional: PEM file to verify TLS against (the local sandbox's CA).",
+            "schema": {"type": ["string", "null"]},
+        },
+        "retry_after_max_seconds": {
+            "label": "Longest Retry-After wait (s)",
+            "description": "Optional: a server asking for a longer wait gets this (default 300).",
+            "schema": {"type": ["number", "null"]},
+        },
+        "sandbox": {
+            "label": "Sandbox",
+            "description": f"Only for a local test stand-in: allows {sandbox_allows}, which are refused otherwise.",
+            "schema": {"type": ["boolean", "null"]},
+        },
+    }
+
+
 def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "dreamapply-d365-sync",
@@ -45,22 +66,7 @@ def get_provider_info() -> dict[str, Any]:
                         "a national cloud, e.g. https://login.microsoftonline.us). Another host only with Sandbox.",
                         "schema": {"type": ["string", "null"]},
                     },
-                    "ca_bundle": {
-                        "label": "CA bundle path",
-                        "description": "Optional: PEM file to verify TLS against (the local sandbox's CA).",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "retry_after_max_seconds": {
-                        "label": "Longest Retry-After wait (s)",
-                        "description": "Optional: a server asking for a longer wait gets this (default 300).",
-                        "schema": {"type": ["number", "null"]},
-                    },
-                    "sandbox": {
-                        "label": "Sandbox",
-                        "description": "Only for a local test stand-in: allows a custom authority host, http:// "
-                        "and verify: false, which are refused otherwise.",
-                        "schema": {"type": ["boolean", "null"]},
-                    },
+                    **_transport_fields("a custom authority host, http:// and verify: false"),
                 },
             },
             {
@@ -78,22 +84,7 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "The key's quota (DreamApply's default is 180).",
                         "schema": {"type": ["integer", "null"]},
                     },
-                    "ca_bundle": {
-                        "label": "CA bundle path",
-                        "description": "Optional: PEM file to verify TLS against (the local sandbox's CA).",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "retry_after_max_seconds": {
-                        "label": "Longest Retry-After wait (s)",
-                        "description": "Optional: a server asking for a longer wait gets this (default 300).",
-                        "schema": {"type": ["number", "null"]},
-                    },
-                    "sandbox": {
-                        "label": "Sandbox",
-                        "description": "Only for a local test stand-in: allows http:// and verify: false, which are "
-                        "refused otherwise.",
-                        "schema": {"type": ["boolean", "null"]},
-                    },
+                    **_transport_fields("http:// and verify: false"),
                 },
             },
         ],
