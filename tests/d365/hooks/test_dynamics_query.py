@@ -4,16 +4,33 @@ column's values (``query_in``) over real HTTP, their chunking, escaping and fail
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
 
-from d365.hooks.dynamics import DynamicsHook
+from d365.hooks.dynamics import DynamicsHook, odata_literal
 from d365.hooks.errors import DynamicsMalformedAnswer
+from sandbox import Sandbox
 from sandbox.client import SandboxClient
 
 Private = Callable[..., tuple[DynamicsHook, SandboxClient]]
 SELECT = ["leadid", "uni_applicantid", "emailaddress1"]
+
+
+@pytest.fixture
+def hook(dynamics_hook: DynamicsHook) -> DynamicsHook:
+    """The shared-sandbox hook from conftest, under a short local name."""
+    return dynamics_hook
+
+
+@pytest.fixture
+def uid(dynamics_uid: str) -> str:
+    return dynamics_uid
+
+
+def header(entry: dict[str, Any], name: str) -> str | None:
+    return {k.lower(): v for k, v in entry["headers"].items()}.get(name.lower())
 
 
 def lookups_since(client: SandboxClient, seq: int) -> list[dict]:
@@ -111,3 +128,39 @@ def test_a_failed_chunk_fails_the_lookup_and_names_no_value(dynamics_private: Pr
     assert fired == 2  # the second chunk's request and its one retry
     assert (caught.value.method, caught.value.path) == ("GET", "/api/data/v9.2/leads")
     assert not any(e in str(caught.value) for e in emails) and "example.org" not in str(caught.value)
+
+
+def test_systemuser_lookup(hook: DynamicsHook) -> None:
+    by_email = hook.find_systemuser(email="daniel.obrien@university.example")
+    assert by_email is not None and by_email["fullname"] == "Daniel O'Brien"
+    by_domain = hook.find_systemuser(domainname="daniel.obrien@university.example")
+    assert by_domain is not None and by_domain["systemuserid"] == by_email["systemuserid"]
+    by_id = hook.find_systemuser(user_id=by_email["systemuserid"].upper())
+    assert by_id is not None and by_id["internalemailaddress"] == "daniel.obrien@university.example"
+    disabled = hook.find_systemuser(email="frank.meyer@university.example")
+    assert disabled is not None and disabled["isdisabled"] is True
+    assert hook.find_systemuser(email="nobody'here@university.example") is None
+    # string literals are escaped: an apostrophe in a filter value works
+    literal = odata_literal("Daniel O'Brien")
+    assert literal == "'Daniel O''Brien'"
+    named = hook.list_systemusers(filter=f"fullname eq {literal}")
+    assert [u["systemuserid"] for u in named] == [by_email["systemuserid"]]
+    enabled = hook.list_systemusers(filter="isdisabled eq false and accessmode eq 0 and applicationid eq null")
+    assert enabled and all(not u["isdisabled"] and u["applicationid"] is None for u in enabled)
+    with pytest.raises(ValueError):
+        hook.find_systemuser()
+
+
+def test_query_pages_with_the_same_page_size(hook: DynamicsHook, sandbox: Sandbox, uid: str) -> None:
+    client = SandboxClient(sandbox.info())
+    client.post(
+        "/dataverse/leads",
+        [{"lastname": f"Page {i}", "subject": f"page-{uid}", "uni_applicantid": f"P-{uid}-{i}"} for i in range(20)],
+    )
+    hook.whoami()
+    seq = client.last_seq()
+    rows = list(hook.query("leads", select=["leadid", "lastname"], filter=f"subject eq 'page-{uid}'", page_size=7))
+    assert len(rows) == 20 and len({r["leadid"] for r in rows}) == 20
+    pages = client.requests(server="dataverse", since=seq)
+    assert len(pages) == 3
+    assert all(header(e, "Prefer") == "odata.maxpagesize=7" for e in pages)
