@@ -103,6 +103,8 @@ def child(args: argparse.Namespace) -> None:
         run_folder=args.run_folder,
         instance=INSTANCE,
         ledger_url=args.ledger_url,
+        dynamics365_conn_id="dynamics365_default",  # the sandbox's, as run_sandbox wires it
+        entity_set="leads",
         batch_size=args.batch_size,
         max_workers=args.workers,
     )

@@ -159,6 +159,9 @@ def dreamapply_to_dynamics365() -> None:
         pool=DYNAMICS_POOL,
         run_folder="{{ ti.xcom_pull(task_ids='preflight')['run_folder'] }}",
         instance="{{ ti.xcom_pull(task_ids='preflight')['instance'] }}",
+        # the target preflight resolved (d365.pipeline.target): the load writes where preflight looked
+        dynamics365_conn_id="{{ ti.xcom_pull(task_ids='preflight')['target']['connection_id'] }}",
+        entity_set="{{ ti.xcom_pull(task_ids='preflight')['target']['entity_set'] }}",
         batch_size=int(os.environ.get("D365_SYNC_BATCH_SIZE", "100")),
         max_workers=int(os.environ.get("D365_SYNC_MAX_WORKERS", "16")),
         require_lock=True,

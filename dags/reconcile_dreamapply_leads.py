@@ -63,6 +63,7 @@ def reconcile_dreamapply_leads() -> None:
         from d365.pipeline.run_note import set_run_note
         from d365.pipeline.runfolder import RunFolder
         from d365.pipeline.settings import load_settings
+        from d365.pipeline.target import LeadTarget
 
         log = logging.getLogger(__name__)
         ctx = get_current_context()
@@ -72,14 +73,15 @@ def reconcile_dreamapply_leads() -> None:
         instance = instance_key(da.get_connection(da.dreamapply_conn_id).host or "")
         dyn = DynamicsHook(s.dynamics.connection_id)
         meta = dyn.get_entity_metadata(s.dynamics.entity)
+        target = LeadTarget.from_metadata(s.dynamics.connection_id, meta)  # resolved as the sync's preflight does
         ledger = Ledger(default_ledger_url())
         try:
             report = run(
                 ledger=ledger,
                 instance=instance,
                 dyn=dyn,
-                entity_set=meta.entity_set_name,
-                primary_id=meta.primary_id,
+                entity_set=target.entity_set,
+                primary_id=target.primary_id,
                 columns=allowed_columns(s),
                 kinds=column_kinds(meta.attributes),
                 recreate_deleted=s.reconcile.recreate_deleted,
@@ -88,6 +90,7 @@ def reconcile_dreamapply_leads() -> None:
             )
         finally:
             ledger.dispose()
+        report["target"] = target.to_json()
         folder = RunFolder.for_run(DAG_ID, run_id)
         report["report"] = folder.write_json(REPORT, report)
         text = summary_text(report)

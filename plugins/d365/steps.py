@@ -46,6 +46,7 @@ from d365.pipeline.report import build_report, summary_text
 from d365.pipeline.run_note import set_run_note
 from d365.pipeline.runfolder import RunFolder, default_run_root
 from d365.pipeline.settings import Settings, load_settings
+from d365.pipeline.target import LeadTarget
 
 log = logging.getLogger(__name__)
 
@@ -284,26 +285,28 @@ def _preflight(rc: RunContext) -> dict[str, Any]:
     except ApiError as exc:
         raise _preflight_api_failure(f"DreamApply connection {s.dreamapply.connection_id!r}", exc) from exc
 
+    target = LeadTarget.from_metadata(s.dynamics.connection_id, meta)  # every later Dynamics call uses it
     doc = {
         "instance": instance,
+        "target": target.to_json(),
         "owner_id": owners.default,
         "owners": owners.to_json(),
         "caller_id": who.get("UserId"),
         "dop_hint": dyn.dop_hint,
-        "entity_set": meta.entity_set_name,
-        "primary_id": meta.primary_id,
         "alternate_key_status": key_status,
         "schema": schema_doc,
     }
     rc.folder.write_json(PREFLIGHT, doc)
     log.info(
-        "preflight ok: instance %s, owner %s (%d owner rules), alternate key %s",
+        "preflight ok: instance %s, target %s on connection %s, owner %s (%d owner rules), alternate key %s",
         instance,
+        target.entity_set,
+        target.connection_id,
         owners.default,
         len(owners.rules),
         key_status,
     )
-    return {"run_folder": rc.folder.url, "instance": instance}
+    return {"run_folder": rc.folder.url, "instance": instance, "target": target.to_json()}
 
 
 def _attribute_doc(a: Any) -> dict[str, Any]:
@@ -496,6 +499,7 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
     s = rc.settings
     pre = rc.preflight()
     instance = pre["instance"]
+    target = LeadTarget.from_json(pre.get("target"))  # where preflight looked: lookups and options go there too
     meta = rc.folder.read_json(EXTRACT_META) or {}
     erased_ids = {i for i in map(_applicant_id, meta.get("erased_applicant_ids") or []) if i is not None}
     skipped = [
@@ -536,15 +540,15 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
             "would_add": [{"attribute": a, "label": label} for a, label in wanted.values()],
         }
     elif any(m.applicant_id in needs for m in mapped):  # picklist options to add: once per run, one publish
-        dyn = DynamicsHook(s.dynamics.connection_id)
-        mapped, options_meta = _add_options(rc, dyn, mapped, needs)
+        dyn = DynamicsHook(target.connection_id)
+        mapped, options_meta = _add_options(rc, dyn, target.entity, mapped, needs)
     unknown = needs_lookup(mapped, entries)
     by_key: dict[str, ExistingLead] = {}
     by_email: dict[str, list[ExistingLead]] = {}
     lookups = 0
     if unknown:
-        dyn = dyn or DynamicsHook(s.dynamics.connection_id)
-        lookups = _lookup_existing(dyn, pre["entity_set"], pre["primary_id"], s, unknown, by_key, by_email)
+        dyn = dyn or DynamicsHook(target.connection_id)
+        lookups = _lookup_existing(dyn, target.entity_set, target.primary_id, s, unknown, by_key, by_email)
     ops = plan_operations(
         mapped,
         entries,
@@ -592,7 +596,7 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
 
 
 def _add_options(
-    rc: RunContext, dyn: Any, mapped: list[LeadPayload], needs: Mapping[int, list[list[str]]]
+    rc: RunContext, dyn: Any, entity: str, mapped: list[LeadPayload], needs: Mapping[int, list[list[str]]]
 ) -> tuple[list[LeadPayload], dict[str, Any]]:
     """Add the picklist options the pending leads need (``picklists.ensure_options``: deduped, metadata
     re-read once with ``Consistency: Strong``, one ``PublishXml``), fill their payloads and hashes. Leads
@@ -600,8 +604,6 @@ def _add_options(
     from d365.pipeline.mapping import payload_hash
     from d365.pipeline.picklists import ensure_options, fill_options, needed_options
 
-    s = rc.settings
-    entity = s.dynamics.entity
     pending = sorted((m for m in mapped if m.applicant_id in needs), key=lambda m: m.applicant_id)
     wanted = needed_options({"options_needed": needs[m.applicant_id]} for m in pending)
     attributes = {attribute for attribute, _ in wanted.values()}

@@ -1,6 +1,9 @@
 """Write the planned leads to Dynamics 365: ``$batch`` upserts by deterministic id, ledger after each batch.
 
 Task semantics only: the plan comes from the run folder, the hook owns auth, wire format and retries.
+The target (connection id and entity set) is the one preflight resolved (``d365.pipeline.target``): the DAG
+passes it from preflight's XCom, and it must agree with ``preflight.json`` when the run folder has one; with
+neither the load fails before any request. There is no default connection or entity set to fall back on.
 A retry of this task (or a re-run of the DAG) skips operations the ledger already records as done with
 the same payload, and every write is an upsert by primary key, so nothing is written twice and no lead
 is created twice.
@@ -39,11 +42,13 @@ from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger
 from d365.pipeline.plan import ADOPT, CREATE, ERASE, PRIVACY_WRITES, WITHDRAW, WRITES, Operation
 from d365.pipeline.privacy import redact
 from d365.pipeline.runfolder import RunFolder
+from d365.pipeline.target import LeadTarget, TargetMissing
 
 PLAN_FILE = "plan/operations.jsonl"
 PLAN_META = "plan/meta.json"
 RESULTS_FILE = "load/results.jsonl"
 STATS_FILE = "load/stats.json"
+PREFLIGHT_FILE = "preflight.json"  # its ``target``: where preflight looked
 LOCK_FILE = "lock.json"  # the run's sync lock (``d365.steps.lock_step``): its generation versions the ledger writes
 LOCK_RENEW_SECONDS = 30.0  # the lock is renewed (and checked) at most this often while batches complete
 # Plan operations checked against the ledger at a time (bounds memory while streaming the plan).
@@ -63,8 +68,9 @@ class LoadLeadsOperator(BaseOperator):
     :param run_folder: URL of the run folder holding ``plan/operations.jsonl`` (templated)
     :param instance: the DreamApply instance key the ledger rows belong to (templated)
     :param ledger_url: SQLAlchemy URL of the ledger (templated; default ``$D365_SYNC_LEDGER_URL`` or SQLite)
-    :param dynamics365_conn_id: Airflow connection of the Dynamics 365 organization
-    :param entity_set: Web API entity set of the lead table
+    :param dynamics365_conn_id: Airflow connection of the Dynamics 365 organization (templated; default: the
+        ``target`` of the run's ``preflight.json``)
+    :param entity_set: Web API entity set of the lead table (templated; default: as ``dynamics365_conn_id``)
     :param batch_size: operations per ``$batch`` request (each runs on its own: continue-on-error)
     :param max_workers: most parallel requests; the effective number is min(this, ``x-ms-dop-hint``)
     :param throttle: throttle settings over the connection's extras, e.g. ``{"max_execution_ms": 1_200_000,
@@ -73,7 +79,7 @@ class LoadLeadsOperator(BaseOperator):
     :param require_lock: fail unless the run holds its instance's sync lock (``lock.json``; the DAG sets it)
     """
 
-    template_fields: Sequence[str] = ("run_folder", "instance", "ledger_url")
+    template_fields: Sequence[str] = ("run_folder", "instance", "ledger_url", "dynamics365_conn_id", "entity_set")
 
     def __init__(
         self,
@@ -81,8 +87,8 @@ class LoadLeadsOperator(BaseOperator):
         run_folder: str,
         instance: str,
         ledger_url: str | None = None,
-        dynamics365_conn_id: str = "dynamics365_default",
-        entity_set: str = "leads",
+        dynamics365_conn_id: str | None = None,
+        entity_set: str | None = None,
         batch_size: int = 100,
         max_workers: int = 16,
         throttle: dict[str, Any] | None = None,
@@ -107,7 +113,36 @@ class LoadLeadsOperator(BaseOperator):
     def get_hook(self) -> Any:
         from d365.hooks.dynamics import DynamicsHook
 
+        if not self.dynamics365_conn_id:
+            raise AirflowFailException("load: no Dynamics 365 connection resolved (preflight's target)")
         return DynamicsHook(self.dynamics365_conn_id, throttle={**self.throttle, "max_concurrency": self.max_workers})
+
+    def _resolve_target(self, folder: RunFolder) -> None:
+        """Settle the connection and entity set before any request: preflight's, never a default.
+
+        Given ones (the DAG passes preflight's XCom) must equal ``preflight.json``'s ``target`` when the run
+        folder has one; missing ones are taken from it; with neither, the load fails."""
+        pre = folder.read_json(PREFLIGHT_FILE) or {}
+        recorded: LeadTarget | None = None
+        if pre.get("target") is not None:
+            try:
+                recorded = LeadTarget.from_json(pre["target"])
+            except TargetMissing as exc:
+                raise AirflowFailException(f"load: {exc}") from None
+        given = {"connection": self.dynamics365_conn_id or None, "entity set": self.entity_set or None}
+        if recorded is not None:
+            found = {"connection": recorded.connection_id, "entity set": recorded.entity_set}
+            differ = [k for k, v in given.items() if v is not None and v != found[k]]
+            if differ:
+                shown = "; ".join(f"{k} {given[k]!r} but preflight used {found[k]!r}" for k in differ)
+                raise AirflowFailException(f"load: the target differs from preflight's ({shown}); nothing sent")
+            given = found
+        missing = [k for k, v in given.items() if not v]
+        if missing:
+            raise AirflowFailException(
+                f"load: no Dynamics 365 {' or '.join(missing)} (preflight records the target; no default is used)"
+            )
+        self.dynamics365_conn_id, self.entity_set = given["connection"], given["entity set"]
 
     def execute(self, context: Context) -> dict[str, Any]:
         from d365.hooks.dynamics import BatchOperation
@@ -117,7 +152,7 @@ class LoadLeadsOperator(BaseOperator):
         owner_id = meta.get("owner_id")
         run_id = context.get("run_id", None)
         ledger = Ledger(self.ledger_url or default_ledger_url())
-        hook = self.get_hook()
+        hook: Any = None
         counts = {"writes": 0, "skipped": 0, "batches": 0, "resent_batches": 0, "resent_operations": 0}
         started = time.monotonic()
         try:
@@ -125,6 +160,8 @@ class LoadLeadsOperator(BaseOperator):
             if self._lock is None and self.require_lock:
                 raise AirflowFailException("load: this run did not take the sync lock (the lock task); stopping")
             self._hold_lock(ledger, run_id, force=True)
+            self._resolve_target(folder)
+            hook = self.get_hook()
             batches = self._pending_batches(ledger, folder, counts)
             first = next(batches, None)
             workers = 0
@@ -161,7 +198,8 @@ class LoadLeadsOperator(BaseOperator):
             )
         finally:
             ledger.dispose()
-            hook.close()
+            if hook is not None:
+                hook.close()
         folder.write_json(STATS_FILE, stats)
         if failure is not None:
             raise failure

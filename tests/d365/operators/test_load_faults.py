@@ -128,6 +128,9 @@ def load_env(
         for aid in range(1, N_LEADS + 1):
             fh.write(json.dumps(planned(aid).to_json()) + "\n")
     (folder / PLAN_META).write_text("{}")
+    # the target as preflight records it: the operator takes the connection and entity set from here
+    target = {"connection_id": "dynamics365_default", "entity": "lead", "entity_set": "leads", "primary_id": "leadid"}
+    (folder / "preflight.json").write_text(json.dumps({"instance": INSTANCE, "target": target}))
     return client, "file://" + str(folder), f"sqlite:///{tmp_path / 'ledger.db'}"
 
 

@@ -10,7 +10,9 @@ from d365.pipeline.plan import CREATE, ERASE, WITHDRAW, Operation
 
 
 def operator() -> LoadLeadsOperator:
-    return LoadLeadsOperator(task_id="load", run_folder="file:///tmp/x", instance="i")
+    return LoadLeadsOperator(
+        task_id="load", run_folder="file:///tmp/x", instance="i", dynamics365_conn_id="crm", entity_set="leads"
+    )
 
 
 def result(op: Operation, status: int | None, error: Exception | None = None) -> BatchResult:
