@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install run sandbox-stop test lint sandbox benchmarks clean
+.PHONY: install run sandbox-stop test test-fast lint sandbox benchmarks clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,17 @@ run: install
 sandbox-stop:
 	$(PY) scripts/run_local.py --stop-sandbox
 
-## The test command (also what CI runs): lint, then every test.
+## The test command (also what CI runs): lint, the layer contracts (import-linter), then every test.
 test: install
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
+
+## The inner loop: the same checks, then every test not marked slow (the whole-DAG e2e tests and a few long ones).
+test-fast: install
+	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -m "not slow"
 
 lint: install
 	$(PY) -m ruff check .

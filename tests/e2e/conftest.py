@@ -18,6 +18,16 @@ from sandbox.client import SandboxClient, airflow_connections
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "dreamapply_to_dynamics365"
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every whole-DAG test is ``slow``: ``make test-fast`` (``-m "not slow"``) leaves them to ``make test``.
+
+    A session-wide hook (pytest passes every collected item), so only the items under tests/e2e/ are marked."""
+    for item in items:
+        if E2E_DIR in item.path.parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
