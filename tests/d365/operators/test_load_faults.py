@@ -134,6 +134,7 @@ def load_env(
     return client, "file://" + str(folder), f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
+@pytest.mark.slow  # more than 3 s: make test runs it, make test-fast does not
 def test_5000_leads_through_429_storms_503s_resets_latency_and_token_expiry(
     load_env: tuple[SandboxClient, str, str], tmp_path: Path
 ) -> None:
@@ -216,6 +217,7 @@ def test_5000_leads_through_429_storms_503s_resets_latency_and_token_expiry(
     )
 
 
+@pytest.mark.slow  # more than 3 s: make test runs it, make test-fast does not
 def test_a_second_try_skips_what_the_first_did(load_env: tuple[SandboxClient, str, str]) -> None:
     client, run_folder, ledger_url = load_env
     first = LoadLeadsOperator(task_id="load", run_folder=run_folder, instance=INSTANCE, ledger_url=ledger_url)

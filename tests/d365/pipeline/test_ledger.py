@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from d365.pipeline.identity import instance_key, lead_id_for
@@ -74,6 +75,7 @@ def test_cursors_only_move_forward(ledger: Ledger) -> None:
     assert ledger.cursors(INSTANCE) == {"applicant_id": 0, "journal_event_id": 0}
 
 
+@pytest.mark.slow  # more than 3 s: make test runs it, make test-fast does not
 def test_bulk_upsert_of_many_rows(ledger: Ledger) -> None:
     n = 12_000
     ledger.record(

@@ -247,6 +247,7 @@ record = st.one_of(
 )
 
 
+@pytest.mark.slow  # more than 3 s: make test runs it, make test-fast does not
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(record, max_size=12))
 def test_triage_never_raises_and_every_record_ends_in_exactly_one_state(records: list[Any]) -> None:

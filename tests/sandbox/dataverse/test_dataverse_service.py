@@ -114,6 +114,7 @@ def test_errors_are_responses_not_exceptions(service: DataverseService) -> None:
     assert r.status == 400
 
 
+@pytest.mark.slow  # more than 3 s: make test runs it, make test-fast does not
 def test_hundred_thousand_leads_stay_usable(service: DataverseService) -> None:
     store = service.store
     stamp = "2025-01-02T03:04:05Z"

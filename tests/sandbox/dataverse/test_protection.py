@@ -147,6 +147,7 @@ def test_headers_on_every_response(make_sandbox: Any) -> None:
     assert burst[0] <= 5999 and burst[1] == burst[0] - 1 and burst[2] == burst[1] - 1
 
 
+@pytest.mark.slow  # more than 3 s: make test runs it, make test-fast does not
 def test_request_limit_penalty_extension_and_recovery(make_sandbox: Any) -> None:
     limits = ServiceProtectionLimits(window_seconds=2, max_requests=5, retry_after_seconds=1, retry_after_max_seconds=3)
     sb, admin = make_sandbox(applicants=5, limits=limits)
