@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from d365.hooks.errors import ApiError
+from d365.pipeline.fields import APPLICANT_FIELDS
 from d365.pipeline.records import (
     AcademicTerm,
     ApplicantRecord,
@@ -233,12 +234,7 @@ def normalise_applicant(
     elif key_id is not None and applicant_id != key_id:
         notes.append("id: differs from the key the record is listed under")
         applicant_id = key_id
-    name = raw.get("name")
-    if name is None:
-        name = {}
-    elif not isinstance(name, Mapping):
-        notes.append(f"name: {_shape(name)} instead of an object")
-        name = {}
+    source = _wire_objects(raw, notes)
     consent_map = _id_keyed(client, raw.get("consents"), "consents", notes)
     tracker_map = _id_keyed(client, raw.get("trackers"), "trackers", notes)
     try:
@@ -262,19 +258,9 @@ def normalise_applicant(
         codes = [known[str(t)] for t in tracker_ids if isinstance(known.get(str(t)), str) and known[str(t)]]
     except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:  # never raise on data
         return _malformed_applicant(applicant_id, reason, [*notes, f"record: unreadable ({type(exc).__name__})"], [])
-    record = ApplicantRecord(
+    record = ApplicantRecord(  # type: ignore[typeddict-item] - the field keys come from the registry
         applicant_id=applicant_id,
-        type=raw.get("type"),
-        registered=raw.get("registered"),
-        name_full=name.get("full"),
-        name_given=name.get("given"),
-        name_middle=name.get("middle"),
-        name_family=name.get("family"),
-        email=raw.get("email"),
-        phone=raw.get("phone"),
-        citizenship=raw.get("citizenship"),
-        reference=raw.get("reference"),
-        matriculation=raw.get("matriculation"),
+        **{f.record_key: _wire_value(source, f.wire) for f in APPLICANT_FIELDS},
         consents=consents,
         tracker_ids=tracker_ids,
         tracker_codes=codes,
@@ -284,6 +270,30 @@ def normalise_applicant(
     if notes:
         record["malformed"] = notes
     return record
+
+
+def _wire_objects(raw: Mapping[str, Any], notes: list[str]) -> Mapping[str, Any]:
+    """The applicant object with each object a registry field reads into (``name`` for ``name.given``) checked:
+    null is read as empty, anything but an object is noted as malformed and read as empty."""
+    source = dict(raw)
+    for parent in dict.fromkeys(f.wire.split(".", 1)[0] for f in APPLICANT_FIELDS if f.wire and "." in f.wire):
+        value = raw.get(parent)
+        if value is None:
+            source[parent] = {}
+        elif not isinstance(value, Mapping):
+            notes.append(f"{parent}: {_shape(value)} instead of an object")
+            source[parent] = {}
+    return source
+
+
+def _wire_value(source: Mapping[str, Any], path: str | None) -> Any:
+    """The value at a registry field's wire path (``name.given``), as DreamApply sent it; None when absent."""
+    value: Any = source
+    for part in (path or "").split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
 
 def _shape(value: Any) -> str:
@@ -336,19 +346,9 @@ def _sorted_applications(applications: Any) -> list[ApplicationRecord]:
 
 
 def _malformed_applicant(applicant_id: int | None, reason: str, notes: list[str], applications: Any) -> ApplicantRecord:
-    return ApplicantRecord(
-        applicant_id=applicant_id,  # type: ignore[typeddict-item]
-        type=None,
-        registered=None,
-        name_full=None,
-        name_given=None,
-        name_middle=None,
-        name_family=None,
-        email=None,
-        phone=None,
-        citizenship=None,
-        reference=None,
-        matriculation=None,
+    return ApplicantRecord(  # type: ignore[typeddict-item]
+        applicant_id=applicant_id,
+        **dict.fromkeys(f.record_key for f in APPLICANT_FIELDS),
         consents={},
         tracker_ids=[],
         tracker_codes=[],

@@ -1,7 +1,7 @@
 """Applicant → lead payload. THE place where a lead's fields are computed.
 
 Which column gets what is data: ``data_mapping`` in include/mappings/settings.yaml (keys: docs/settings.md).
-This module computes the named *source fields* (``SOURCE_GETTERS`` below, one small function each) and
+This module computes the named *source fields* (the getters of ``fields.REGISTRY`` over ``_Record``) and
 fits them to the columns (fit.py). With the default settings:
 
 =======================  =====================  ==========================================================
@@ -59,6 +59,7 @@ from typing import Any
 import phonenumbers
 import pycountry
 
+from d365.pipeline.fields import REGISTRY
 from d365.pipeline.fit import (
     AttributeSpec,
     FitIssue,
@@ -240,7 +241,7 @@ def check_catalog(settings: Settings, catalog: Any) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# source fields: one getter per name of settings.SOURCE_FIELDS
+# source fields: the getters are the registry's (fields.py); _Record is what they read (fields.SourceView)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -296,6 +297,33 @@ class _Record:
         raw = self.field("citizenship")
         return country_code(raw) if isinstance(raw, str) else None
 
+    def course_ids(self) -> list[int]:
+        return [_int(c.get("course_id")) for c in self.courses]  # type: ignore[misc] - courses are valid ids
+
+    def first_course(self, key: str) -> Any:
+        return _trim(self.course(self.courses[0]).get(key)) if self.courses else None
+
+    def term_text(self, key: str) -> Any:
+        return _trim(self.term.get(key))
+
+    def term_number(self, key: str) -> int | None:
+        return _int(self.term.get(key))
+
+    def term_year_name(self) -> Any:
+        """The academic year's name, else its number as text."""
+        name = _trim(self.term.get("year_name"))
+        if name is not None:
+            return name
+        year = _int(self.term.get("year"))
+        return str(year) if year is not None else None
+
+    @property
+    def instance(self) -> str | None:
+        return self.m.instance
+
+    def consent_given(self) -> bool:
+        return consent_given(self.a, self.m.default_consents)
+
     @cached_property
     def tracker_codes(self) -> list[str]:
         ids = self.a.get("tracker_ids")
@@ -309,48 +337,8 @@ class _Record:
         return list(dict.fromkeys(codes))
 
 
-def _term_year(r: _Record) -> Any:
-    name = _trim(r.term.get("year_name"))
-    if name is not None:
-        return name
-    year = _int(r.term.get("year"))
-    return str(year) if year is not None else None
-
-
-SOURCE_GETTERS: dict[str, Callable[[_Record], Any]] = {
-    "applicant.id": lambda r: r.applicant_id,
-    "applicant.type": lambda r: r.field("type"),
-    "applicant.name.full": lambda r: r.field("name_full"),
-    "applicant.name.given": lambda r: r.field("name_given"),
-    "applicant.name.middle": lambda r: r.field("name_middle"),
-    "applicant.name.family": lambda r: r.field("name_family"),
-    "applicant.email": lambda r: r.field("email"),
-    "applicant.phone": lambda r: r.field("phone"),
-    "applicant.registered": lambda r: r.field("registered"),
-    "applicant.citizenship": lambda r: r.field("citizenship"),
-    "applicant.reference": lambda r: r.field("reference"),
-    "applicant.matriculation": lambda r: r.field("matriculation"),
-    "lead.stage": lambda r: r.stage.stage,
-    "lead.stage_changed": lambda r: r.stage.changed,
-    "programme.ids": lambda r: [str(_int(c.get("course_id"))) for c in r.courses],
-    "programme.codes": lambda r: r.course_texts("code"),
-    "programme.names": lambda r: r.course_texts("name"),
-    "programme.id": lambda r: _int(r.courses[0].get("course_id")) if r.courses else None,
-    "programme.code": lambda r: _trim(r.course(r.courses[0]).get("code")) if r.courses else None,
-    "programme.name": lambda r: _trim(r.course(r.courses[0]).get("name")) if r.courses else None,
-    "term.name": lambda r: _trim(r.term.get("name")),
-    "term.year": _term_year,
-    "term.year_number": lambda r: _int(r.term.get("year")),
-    "term.type": lambda r: _trim(r.term.get("type_name")),
-    "term.start": lambda r: _trim(r.term.get("start")),
-    "term.finish": lambda r: _trim(r.term.get("finish")),
-    "dreamapply.instance": lambda r: r.m.instance,
-    "consent.given": lambda r: consent_given(r.a, r.m.default_consents),  # per-entry `consents`: Mapper
-    "tracker.codes": lambda r: r.tracker_codes,
-    "tracker.code": lambda r: r.tracker_codes[0] if r.tracker_codes else None,
-}
-if set(SOURCE_GETTERS) != set(SOURCE_FIELDS):  # pragma: no cover - a programming error, caught by any test
-    raise RuntimeError("settings.SOURCE_FIELDS and mapping.SOURCE_GETTERS must name the same fields")
+# source field → how it is read from a ``_Record`` (the registry's getters; one entry per field by construction)
+SOURCE_GETTERS: dict[str, Callable[[_Record], Any]] = {f.name: f.get for f in REGISTRY}
 
 # source field → the quality field (settings.QUALITY_FIELDS) whose checks it is subject to
 _QUALITY_FIELD_OF = {source: name for name, source in QUALITY_FIELDS.items() if source}

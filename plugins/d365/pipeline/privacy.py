@@ -43,6 +43,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from d365.pipeline.fields import personal_sources, scrubbed_record_keys
 from d365.pipeline.ledger import LeadState, LedgerEntry
 from d365.pipeline.plan import ERASE, ERASED, UPSERTS, WITHDRAW, Operation
 from d365.pipeline.settings import FieldMapping, Settings, template_placeholders
@@ -50,34 +51,12 @@ from d365.pipeline.settings import FieldMapping, Settings, template_placeholders
 if TYPE_CHECKING:
     from d365.pipeline.fit import AttributeSpec
 
-# Source fields that hold personal data: a column fed by one of them (as source, fallback or template
-# placeholder) is a personal column.
-PERSONAL_SOURCES = frozenset(
+# Source fields that hold personal data (fields.REGISTRY, privacy identifying or personal): a column fed by one
+# of them (as source, fallback or template placeholder) is a personal column.
+PERSONAL_SOURCES = personal_sources()
+# Columns of the default lead payload (include/mappings/settings.yaml) that hold personal values.
+DEFAULT_PERSONAL_COLUMNS = frozenset(
     {
-        "applicant.name.full",
-        "applicant.name.given",
-        "applicant.name.middle",
-        "applicant.name.family",
-        "applicant.email",
-        "applicant.phone",
-        "applicant.registered",
-        "applicant.citizenship",
-        "applicant.reference",
-        "applicant.matriculation",
-    }
-)
-# Keys of an extracted applicant record (and of the default lead payload) holding personal values; what
-# scrub_run_files also redacts from files that are not JSON Lines (e.g. a validation result listing values).
-PERSONAL_RECORD_KEYS = frozenset(
-    {
-        "name_full",
-        "name_given",
-        "name_middle",
-        "name_family",
-        "email",
-        "phone",
-        "reference",
-        "matriculation",
         "firstname",
         "middlename",
         "lastname",
@@ -91,6 +70,10 @@ PERSONAL_RECORD_KEYS = frozenset(
         "uni_matriculation",
     }
 )
+# Keys of an extracted applicant record (every identifying field of the registry) and of the default lead
+# payload holding personal values; what scrub_run_files also redacts from files that are not JSON Lines (e.g. a
+# validation result listing values).
+PERSONAL_RECORD_KEYS = scrubbed_record_keys() | DEFAULT_PERSONAL_COLUMNS
 ERASED_PLACEHOLDER = "(erased)"
 REQUIRED_LEVELS = frozenset({"ApplicationRequired", "SystemRequired"})
 DEACTIVATE = {"statecode": 2, "statuscode": 6}  # Disqualified / No Longer Interested

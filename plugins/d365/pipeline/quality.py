@@ -82,6 +82,7 @@ import numpy as np
 import pandas as pd
 from email_validator import EmailNotValidError, validate_email
 
+from d365.pipeline.fields import APPLICANT_FIELDS, checked_fields
 from d365.pipeline.fit import MIN_DATETIME_YEAR, TEXT_TYPES, AttributeSpec, utf16_len
 from d365.pipeline.lead_stage import parse_instant
 from d365.pipeline.mapping import country_code, parse_phone, phone_regions
@@ -89,30 +90,11 @@ from d365.pipeline.settings import QUALITY_FIELDS, QualitySettings, Settings
 
 log = logging.getLogger(__name__)
 
-TEXT_FIELDS = (
-    "type",
-    "registered",
-    "name_full",
-    "name_given",
-    "name_middle",
-    "name_family",
-    "email",
-    "phone",
-    "citizenship",
-    "reference",
-    "matriculation",
-)
-# source field → record key, for the length checks of quarantine-policy columns
-SOURCE_KEYS = {
-    "applicant.type": "type",
-    "applicant.name.full": "name_full",
-    "applicant.name.given": "name_given",
-    "applicant.name.middle": "name_middle",
-    "applicant.name.family": "name_family",
-    "applicant.email": "email",
-    "applicant.reference": "reference",
-    "applicant.matriculation": "matriculation",
-}
+# record keys of the applicant fields the text checks (not text, wrong encoding) apply to
+TEXT_FIELDS = checked_fields("text")
+# source field → record key, for the length checks of quarantine-policy columns: the fields whose record
+# value is sent as it is (kind text; phones, dates and countries are reformatted by the mapping)
+SOURCE_KEYS = {f.name: f.record_key for f in APPLICANT_FIELDS if f.kind == "text" and f.record_key}
 APPLICATION_DATES = ("created", "submitted", "revised")
 MAX_ID = 2**63 - 1
 ROW = "row"

@@ -43,18 +43,12 @@ class ApplicationRecord(TypedDict):
 
 
 class ApplicantRecord(TypedDict):
+    """An applicant as the steps see it. Besides the keys below it holds one key per applicant field of the
+    source-field registry (``fields.APPLICANT_FIELDS``: ``record_key`` ← DreamApply's ``wire`` path, e.g.
+    ``name_given`` ← ``name.given``, ``email``, ``phone``), with the value as DreamApply sent it (text or None;
+    a value of another type is kept for the quality step to report). The registry is the only list of them."""
+
     applicant_id: int  # None only in a malformed record whose id is not a positive integer
-    type: str | None  # Natural, Child, Legal
-    registered: str | None
-    name_full: str | None
-    name_given: str | None
-    name_middle: str | None
-    name_family: str | None
-    email: str | None
-    phone: str | None
-    citizenship: str | None
-    reference: str | None
-    matriculation: str | None
     # consent id (as string) -> "Accept" | "Reject"; an undecided consent is absent
     consents: dict[str, str]
     # tracker ids and codes assigned to the applicant

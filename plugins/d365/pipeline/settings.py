@@ -23,7 +23,6 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -45,6 +44,7 @@ from pydantic import (
     model_validator,
 )
 
+from d365.pipeline.fields import DEFAULT_POLICIES, QUALITY_FIELDS, SOURCE_FIELDS, FieldPolicy
 from d365.pipeline.lead_stage import DEFAULT_RULES, StageRules
 
 ENV_VAR = "D365_SYNC_SETTINGS"
@@ -53,55 +53,8 @@ REPO_SETTINGS = REPO_ROOT / "include" / "mappings" / "settings.yaml"
 DOCKER_SETTINGS = Path("/opt/airflow/include/mappings/settings.yaml")
 
 
-# --------------------------------------------------------------------------------------------------
-# The registry of source fields: the names a data_mapping entry may read. Kinds drive validation here
-# and the type checks in fit.check_mapping; mapping.py implements one getter per name (a test keeps the
-# two in step).
-# --------------------------------------------------------------------------------------------------
-
-Kind = Literal["text", "int", "bool", "date", "datetime", "list", "phone", "country"]
-
-
-@dataclass(frozen=True)
-class SourceField:
-    name: str
-    kind: Kind
-    description: str
-
-
-_SOURCES: tuple[tuple[str, Kind, str], ...] = (
-    ("applicant.id", "int", "DreamApply applicant ID"),
-    ("applicant.type", "text", "Applicant type: Natural, Child or Legal"),
-    ("applicant.name.full", "text", "Full name as DreamApply shows it"),
-    ("applicant.name.given", "text", "Given (first) name"),
-    ("applicant.name.middle", "text", "Middle name"),
-    ("applicant.name.family", "text", "Family (last) name"),
-    ("applicant.email", "text", "E-mail address"),
-    ("applicant.phone", "phone", "Phone; E.164 by default (format e164), `format: text` keeps it as entered"),
-    ("applicant.registered", "datetime", "Registration timestamp"),
-    ("applicant.citizenship", "country", "Citizenship: ISO 3166-1 alpha-2 code; `format: country_name` for the name"),
-    ("applicant.reference", "text", "Reference (often the SIS student ID)"),
-    ("applicant.matriculation", "text", "Matriculation number"),
-    ("lead.stage", "text", "Lead stage label (Registered, Applying, Submitted, Offer, ...; see lead_stage.py)"),
-    ("lead.stage_changed", "datetime", "When the applicant entered the current lead stage"),
-    ("programme.ids", "list", "Course IDs of the current application, by priority (joined with `separator`)"),
-    ("programme.codes", "list", "Course codes of the current application, by priority (no code: skipped)"),
-    ("programme.names", "list", "Course names of the current application, by priority"),
-    ("programme.id", "int", "Course ID of the first-priority course of the current application"),
-    ("programme.code", "text", "Course code of the first-priority course"),
-    ("programme.name", "text", "Course name of the first-priority course"),
-    ("term.name", "text", "Academic term name of the current application, e.g. 'Fall semester 2025/26'"),
-    ("term.year", "text", "Academic year name, e.g. '2025/26' (the year number when the name is unknown)"),
-    ("term.year_number", "int", "Academic year key, e.g. 2025"),
-    ("term.type", "text", "Academic term type name, e.g. 'Fall semester'"),
-    ("term.start", "date", "Academic term start date"),
-    ("term.finish", "date", "Academic term end date"),
-    ("dreamapply.instance", "text", "The DreamApply instance (host) the applicant comes from"),
-    ("consent.given", "bool", "True when every consent of `consents` (default: consent.required) is accepted"),
-    ("tracker.codes", "list", "Tracker codes assigned to the applicant (joined with `separator`)"),
-    ("tracker.code", "text", "The first tracker code (lowest tracker ID)"),
-)
-SOURCE_FIELDS: dict[str, SourceField] = {name: SourceField(name, kind, desc) for name, kind, desc in _SOURCES}
+# The source fields a data_mapping entry may read, their kinds (validation here, type checks in
+# fit.check_mapping) and the quality field names are views of the registry in fields.py.
 
 Format = Literal["text", "date", "datetime_utc", "date_local", "e164", "country_name", "country_code"]
 # which formats make sense for which source kind
@@ -428,24 +381,9 @@ class FitPolicySettings(_Model):
     overrides: dict[LogicalName, FitOverride] = Field(default_factory=dict)
 
 
-FieldPolicy = Literal["drop", "send_as_entered", "quarantine"]
-# The applicant fields a quality check can find invalid (quality.py), by short name → the source field that
-# reads it (``None``: the application dates, which feed the lead stage, not a column). ``quality.field_policy``
-# and ``quality.identity`` use these names.
-QUALITY_FIELDS: dict[str, str | None] = {
-    "type": "applicant.type",
-    "registered": "applicant.registered",
-    "name_full": "applicant.name.full",
-    "name_given": "applicant.name.given",
-    "name_middle": "applicant.name.middle",
-    "name_family": "applicant.name.family",
-    "email": "applicant.email",
-    "phone": "applicant.phone",
-    "citizenship": "applicant.citizenship",
-    "reference": "applicant.reference",
-    "matriculation": "applicant.matriculation",
-    "application_dates": None,
-}
+# The applicant fields a quality check can find invalid (quality.py): ``QUALITY_FIELDS`` (fields.py) maps
+# their short names to the source field that reads them (``None``: the application dates, which feed the lead
+# stage, not a column). ``quality.field_policy`` and ``quality.identity`` use these names.
 DEFAULT_IDENTITY: tuple[tuple[str, ...], ...] = (("name_family", "name_full"), ("email", "phone"))
 
 
@@ -512,8 +450,8 @@ class QualitySettings(_Model):
         return code
 
     def policy(self, field: str) -> FieldPolicy:
-        """What an invalid value of ``field`` does (``field_policy``, default ``drop``)."""
-        return self.field_policy.get(field, "drop")
+        """What an invalid value of ``field`` does (``field_policy``, else the field's default: ``drop``)."""
+        return self.field_policy.get(field, DEFAULT_POLICIES.get(field, "drop"))
 
     def identity_groups(self) -> tuple[tuple[str, ...], ...]:
         """``identity`` plus ``[email]`` when ``quarantine_missing_email`` is on."""
