@@ -46,7 +46,7 @@ class _RejectAllCookies(DefaultCookiePolicy):
         return False
 
 
-class _NoAuth(AuthBase):
+class NoAuth(AuthBase):
     """Explicitly unauthenticated (``auth=None`` would fall back to the session's auth)."""
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:

@@ -31,7 +31,7 @@ from d365.hooks.dynamics_auth import (
     VerifiedHttpClient,
     authority_from_challenge,
 )
-from d365.hooks.dynamics_connection import DynamicsConnectionBase, _NoAuth
+from d365.hooks.dynamics_connection import DynamicsConnectionBase, NoAuth
 from d365.hooks.errors import (
     DynamicsAuthError,
     DynamicsConflict,
@@ -178,7 +178,7 @@ class DynamicsCore(DynamicsConnectionBase):
             auth: AuthBase | None = None
         else:
             session = self._session_for()
-            auth = _NoAuth()
+            auth = NoAuth()
         response = self._send_once(session, method, url, body, headers, auth, record, log_path)
         if response.status_code == 401 and authenticate and self._auth is not None:
             # The token was refused (expired early, revoked): drop it from MSAL's cache and try once more.

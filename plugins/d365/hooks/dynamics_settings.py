@@ -21,6 +21,8 @@ from d365.hooks.throttle import RETRY_AFTER_MAX_SECONDS
 
 @dataclass(frozen=True)
 class DynamicsConnectionSettings:
+    """What one ``dynamics365`` connection says, checked once; the secret stays out of ``repr``."""
+
     org_url: str
     client_id: str
     client_secret: str = field(repr=False)
