@@ -45,7 +45,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from d365.notifications import FailureAlert
 from d365.operators.load_leads import LoadLeadsOperator
-from d365.pipeline.lock import poke_seconds, wait_seconds
+from d365.pipeline.lock import poke_seconds, release_on_run_failure, wait_seconds
 from d365.timeouts import dagrun_timeout, task_timeout
 
 DAG_ID = "dreamapply_to_dynamics365"
@@ -76,6 +76,7 @@ def _run_context() -> Any:
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=dagrun_timeout(),  # D365_SYNC_DAGRUN_TIMEOUT_MINUTES (d365.timeouts)
+    on_failure_callback=release_on_run_failure,  # a run killed by dagrun_timeout frees its sync lock at once
     default_args={
         "execution_timeout": task_timeout(),  # every task: D365_SYNC_TASK_TIMEOUT_MINUTES
         "retries": int(os.environ.get("D365_SYNC_TASK_RETRIES", "2")),

@@ -10,7 +10,8 @@ generation and an expiry, taken with one atomic conditional upsert (``Ledger.acq
   naming the holder run.
 - Every step renews the lease (``hold``) and stops if the run lost it; the ledger ignores writes of an older
   generation, so a run that lost its lease can never put an older payload over a newer one.
-- The commit releases the lease; so do the report (dry runs, failed runs) and the watcher.
+- The commit releases the lease; so do the report (dry runs, failed runs), the watcher and, for a run that
+  failed without reaching them (killed by ``dagrun_timeout``), the DAG's ``on_failure_callback``.
 - A lease expires ``ttl`` after its last renewal (the DAG run timeout), so a dead run cannot block for ever;
   an operator can free it at once::
 
@@ -21,10 +22,12 @@ generation and an expiry, taken with one atomic conditional upsert (``Ledger.acq
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from d365.pipeline.ledger import Lease, Ledger, LockLost, default_ledger_url
 
@@ -35,7 +38,18 @@ DEFAULT_TTL_SECONDS = 6 * 3600.0  # used when the DAG has no dagrun_timeout
 DEFAULT_WAIT_SECONDS = 3600.0
 DEFAULT_POKE_SECONDS = 30.0
 RELEASE_COMMAND = "python -m d365.pipeline.lock release --instance"
-__all__ = ["LockLost", "acquire", "describe", "hold", "poke_seconds", "release", "ttl_seconds", "wait_seconds"]
+log = logging.getLogger(__name__)
+__all__ = [
+    "LockLost",
+    "acquire",
+    "describe",
+    "hold",
+    "poke_seconds",
+    "release",
+    "release_on_run_failure",
+    "ttl_seconds",
+    "wait_seconds",
+]
 
 
 def _seconds(env: str, default: float) -> float:
@@ -105,6 +119,14 @@ def release(ledger_url: str, instance: str | None, run_id: str) -> int:
         return ledger.release_lock(instance, run_id)
     finally:
         ledger.dispose()
+
+
+def release_on_run_failure(context: Any) -> None:
+    """DAG-level ``on_failure_callback``: a run that failed without reaching its report or watcher (killed by
+    ``dagrun_timeout``, its tasks marked failed from the UI) frees its lock now instead of at expiry."""
+    run_id = context["dag_run"].run_id
+    if release(default_ledger_url(), None, run_id):
+        log.warning("sync lock of failed run %s released", run_id)
 
 
 def busy_message(instance: str, lease: Lease, waited: float) -> str:

@@ -158,3 +158,28 @@ def test_the_load_stops_before_any_request_when_its_run_lost_the_lock(tmp_path: 
     (tmp_path / "runs" / "r1" / steps.LOCK).unlink()
     with pytest.raises(AirflowFailException, match="did not take the sync lock"):
         op.execute({"run_id": "r1"})  # type: ignore[arg-type]
+
+
+def test_a_failed_run_frees_its_lock_through_the_dags_failure_callback(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed by dagrun_timeout never reaches report or watcher: the DAG-level callback frees the lock."""
+    from types import SimpleNamespace
+
+    from airflow.models import DagBag
+
+    monkeypatch.setenv("D365_SYNC_LEDGER_URL", ledger_url)
+    dag = DagBag(dag_folder=str(Path(steps.__file__).resolve().parents[2] / "dags")).dags["dreamapply_to_dynamics365"]
+    callbacks = dag.on_failure_callback if isinstance(dag.on_failure_callback, list) else [dag.on_failure_callback]
+    assert lock.release_on_run_failure in callbacks
+
+    ledger = Ledger(ledger_url)
+    try:
+        assert ledger.acquire_lock(INSTANCE, "scheduled__timed_out", ttl_seconds=3600).held
+        lock.release_on_run_failure({"dag_run": SimpleNamespace(run_id="someone__else")})
+        assert ledger.lock_holder(INSTANCE).run_id == "scheduled__timed_out"  # only the failed run's own lock
+        lock.release_on_run_failure({"dag_run": SimpleNamespace(run_id="scheduled__timed_out")})
+        assert ledger.lock_holder(INSTANCE).run_id is None
+        assert ledger.acquire_lock(INSTANCE, "backfill__next", ttl_seconds=60).held
+    finally:
+        ledger.dispose()
