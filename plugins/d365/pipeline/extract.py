@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from d365.hooks.errors import ApiError
-from d365.pipeline.fields import APPLICANT_FIELDS
+from d365.pipeline.fields import APPLICANT_FIELDS, SourceField
 from d365.pipeline.records import (
     AcademicTerm,
     ApplicantRecord,
@@ -234,7 +234,7 @@ def normalise_applicant(
     elif key_id is not None and applicant_id != key_id:
         notes.append("id: differs from the key the record is listed under")
         applicant_id = key_id
-    source = _wire_objects(raw, notes)
+    wire_fields = _wire_fields(raw, notes)
     consent_map = _id_keyed(client, raw.get("consents"), "consents", notes)
     tracker_map = _id_keyed(client, raw.get("trackers"), "trackers", notes)
     try:
@@ -260,7 +260,7 @@ def normalise_applicant(
         return _malformed_applicant(applicant_id, reason, [*notes, f"record: unreadable ({type(exc).__name__})"], [])
     record = ApplicantRecord(  # type: ignore[typeddict-item] - the field keys come from the registry
         applicant_id=applicant_id,
-        **{f.record_key: _wire_value(source, f.wire) for f in APPLICANT_FIELDS},
+        **wire_fields,
         consents=consents,
         tracker_ids=tracker_ids,
         tracker_codes=codes,
@@ -272,28 +272,48 @@ def normalise_applicant(
     return record
 
 
-def _wire_objects(raw: Mapping[str, Any], notes: list[str]) -> Mapping[str, Any]:
-    """The applicant object with each object a registry field reads into (``name`` for ``name.given``) checked:
-    null is read as empty, anything but an object is noted as malformed and read as empty."""
-    source = dict(raw)
-    for parent in dict.fromkeys(f.wire.split(".", 1)[0] for f in APPLICANT_FIELDS if f.wire and "." in f.wire):
-        value = raw.get(parent)
-        if value is None:
-            source[parent] = {}
-        elif not isinstance(value, Mapping):
-            notes.append(f"{parent}: {_shape(value)} instead of an object")
-            source[parent] = {}
-    return source
+# per registry field, in registry order: record key, the object it is in (None: the applicant itself), wire key
+_WirePlan = tuple[tuple[str, str | None, str], ...]
+_wire_plans: dict[int, tuple[tuple[SourceField, ...], _WirePlan]] = {}
 
 
-def _wire_value(source: Mapping[str, Any], path: str | None) -> Any:
-    """The value at a registry field's wire path (``name.given``), as DreamApply sent it; None when absent."""
-    value: Any = source
-    for part in (path or "").split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
+def _wire_plan(applicant_fields: tuple[SourceField, ...]) -> _WirePlan:
+    """How to read the registry's wire paths (``email``; ``name.given`` inside the ``name`` object): computed
+    once per registry, found by identity (hashing the entries would cost more than reading the fields)."""
+    cached = _wire_plans.get(id(applicant_fields))
+    if cached is not None and cached[0] is applicant_fields:
+        return cached[1]
+    plan: list[tuple[str, str | None, str]] = []
+    for f in applicant_fields:
+        if not f.wire or not f.record_key:
+            continue
+        parts = f.wire.split(".")
+        if len(parts) > 2:
+            raise ValueError(f"{f.name}: wire path {f.wire!r} is deeper than one object (DreamApply has none)")
+        plan.append((f.record_key, parts[0], parts[1]) if len(parts) == 2 else (f.record_key, None, parts[0]))
+    _wire_plans[id(applicant_fields)] = (applicant_fields, tuple(plan))
+    return tuple(plan)
+
+
+def _wire_fields(raw: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Record key → the value at each registry field's wire path, as DreamApply sent it (None when absent), in
+    registry order. An object a path reads in that is null reads as empty; anything else but an object is noted
+    as malformed (what it held, never its value) and its fields read as empty."""
+    get = raw.get
+    out: dict[str, Any] = {}
+    objects: dict[str, Mapping[str, Any]] = {}
+    for key, parent, wire_key in _wire_plan(APPLICANT_FIELDS):
+        if parent is None:
+            out[key] = get(wire_key)
+            continue
+        obj = objects.get(parent)
+        if obj is None:
+            value = get(parent)
+            if value is not None and not isinstance(value, Mapping):
+                notes.append(f"{parent}: {_shape(value)} instead of an object")
+            obj = objects[parent] = value if isinstance(value, Mapping) else {}
+        out[key] = obj.get(wire_key)
+    return out
 
 
 def _shape(value: Any) -> str:

@@ -131,6 +131,8 @@ def test_every_applicant_field_is_read_by_the_extract_from_a_dreamapply_record()
         assert record[f.record_key] == expected, f.name
     # the record holds nothing but the registry's fields and the structure: no field outside the registry
     assert set(record) == STRUCTURAL_KEYS | {f.record_key for f in APPLICANT_FIELDS}
+    # in registry order, right after the id (the run folder's files keep their key order)
+    assert list(record)[: len(APPLICANT_FIELDS) + 1] == ["applicant_id", *(f.record_key for f in APPLICANT_FIELDS)]
     assert (
         tuple(f for f in REGISTRY if f.name.startswith("applicant.") and f.name != "applicant.id") == APPLICANT_FIELDS
     )
@@ -152,6 +154,9 @@ def test_a_field_added_to_the_registry_is_read_by_the_extract(monkeypatch: pytes
     wire = sample_wire() | {"notes": "prefers e-mail"}
     record = normalise_applicant(wire, CATALOG, [], "new")
     assert record["notes"] == "prefers e-mail"  # type: ignore[typeddict-item]
+    deep = dataclasses.replace(notes, name="applicant.name.parent.given", wire="name.parent.given")
+    with pytest.raises(ValueError, match="deeper than one object"):
+        extract._wire_plan((*APPLICANT_FIELDS, deep))
     malformed = normalise_applicant({"id": "x"}, CATALOG, [], "new", key_id=5)
     assert malformed["notes"] is None and malformed["malformed"]  # type: ignore[typeddict-item]
 
