@@ -43,9 +43,9 @@ from typing import Any
 from airflow.sdk import Param, PokeReturnValue, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from d365.notifications import FailureAlert
 from d365.operators.load_leads import LoadLeadsOperator
 from d365.pipeline.lock import poke_seconds, release_on_run_failure, wait_seconds
+from d365.runtime.alerts import FailureAlert
 from d365.timeouts import dagrun_timeout, task_timeout
 
 DAG_ID = "dreamapply_to_dynamics365"
@@ -82,7 +82,7 @@ def _run_context() -> Any:
         "retries": int(os.environ.get("D365_SYNC_TASK_RETRIES", "2")),
         "retry_delay": timedelta(seconds=int(os.environ.get("D365_SYNC_RETRY_DELAY_SECONDS", "120"))),
         "retry_exponential_backoff": 2.0,
-        "on_failure_callback": FailureAlert(),  # mail to settings.technical_contact (d365.notifications)
+        "on_failure_callback": FailureAlert(),  # mail to settings.technical_contact (d365.runtime.alerts)
     },
     params={
         "full_resync": Param(False, type="boolean", description="Re-send every applicant (cursors restart)."),

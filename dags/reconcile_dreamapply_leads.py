@@ -60,10 +60,10 @@ def reconcile_dreamapply_leads() -> None:
         from d365.pipeline.privacy import allowed_columns
         from d365.pipeline.reconcile import column_kinds, summary_text
         from d365.pipeline.reconcile import reconcile as run
-        from d365.pipeline.run_note import set_run_note
-        from d365.pipeline.runfolder import RunFolder
         from d365.pipeline.settings import load_settings
         from d365.pipeline.target import LeadTarget
+        from d365.runtime.run_note import set_run_note
+        from d365.runtime.runfolder import RunFolder
 
         log = logging.getLogger(__name__)
         ctx = get_current_context()
@@ -105,13 +105,13 @@ def reconcile_dreamapply_leads() -> None:
     @task
     def retention() -> dict[str, Any]:
         from d365.pipeline.retention import apply_retention
-        from d365.pipeline.runfolder import RunFolder, default_run_root
         from d365.pipeline.settings import load_settings
+        from d365.runtime.runfolder import RunFolder, default_run_root, storage_path
 
         ctx = get_current_context()
         keep = load_settings().retention
         result = apply_retention(
-            default_run_root(), personal_days=keep.personal_days, report_days=keep.report_days
+            storage_path(default_run_root()), personal_days=keep.personal_days, report_days=keep.report_days
         ).to_json()
         RunFolder.for_run(DAG_ID, ctx["dag_run"].run_id).write_json(RETENTION_REPORT, result)
         return {k: v for k, v in result.items() if isinstance(v, int)}

@@ -26,8 +26,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from airflow.sdk.exceptions import AirflowFailException
 
+from d365.errors import IntegrationPaused, PreflightError
+from d365.hooks.errors import DreamApplyAuthError, DynamicsAuthError
+from d365.notifications import redact, send_mail
 from d365.pipeline.ledger import default_ledger_url
 
 log = logging.getLogger(__name__)
@@ -57,24 +59,14 @@ _ROW = "integration"
 
 def is_irrecoverable(exc: BaseException | None) -> bool:
     """True for failures a retry cannot fix: configuration and authentication (see the module docstring)."""
-    from d365.hooks.errors import DreamApplyAuthError, DynamicsAuthError
-
     if exc is None:
         return False
-    if isinstance(exc, (DynamicsAuthError, DreamApplyAuthError)):
-        return True
-    from d365.steps import PreflightError
-
-    return isinstance(exc, PreflightError)
+    return isinstance(exc, (DynamicsAuthError, DreamApplyAuthError, PreflightError))
 
 
 def failure_kind(exc: BaseException) -> str:
     cause = exc.__cause__
     return type(cause).__name__ if cause is not None and is_irrecoverable(cause) else type(exc).__name__
-
-
-class IntegrationPaused(AirflowFailException):
-    """Preflight refuses to run while the integration is paused (not itself counted as a failure)."""
 
 
 @dataclass(frozen=True)
@@ -175,8 +167,6 @@ def record_irrecoverable(
     Returns True when this call paused the integration. Recoverable failures are ignored."""
     if not is_irrecoverable(exc):
         return False
-    from d365.notifications import redact, send_mail
-
     detail = redact(str(exc), settings)
     with PauseStore(ledger_url) as store:
         store.record_failure(failure_kind(exc), detail, run_id=run_id)

@@ -16,7 +16,9 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from d365.errors import PreflightError, PreflightUnavailable
 from d365.hooks.errors import ApiError
+from d365.notifications import send_mail
 from d365.pipeline.identity import instance_key
 from d365.pipeline.ledger import (
     LeadState,
@@ -42,11 +44,11 @@ from d365.pipeline.plan import (
     plan_operations,
     summarize,
 )
-from d365.pipeline.report import build_report, summary_text
-from d365.pipeline.run_note import set_run_note
-from d365.pipeline.runfolder import RunFolder, default_run_root
+from d365.pipeline.report import build_report, quality_summary, summary_text
 from d365.pipeline.settings import Settings, load_settings
 from d365.pipeline.target import LeadTarget
+from d365.runtime.run_note import set_run_note
+from d365.runtime.runfolder import RunFolder, default_run_root, storage_path
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +70,6 @@ LOCK = "lock.json"  # the sync lock this run holds: generation, ttl, how long it
 PLAN_PARKED = "plan/parked.json"  # parked applicants this run held back (not sent: d365.parking)
 COMMIT_PARKED = "commit/parked.json"  # applicants parked by this run's commit, and how many are parked now
 LOCK_WAITS = "lock/waits.jsonl"  # one line per look at the lock that found another run holding it
-
-
-class PreflightError(AirflowFailException):
-    """The integration is misconfigured: stop before any extract or write, naming what is wrong.
-
-    An ``AirflowFailException``: task retries cannot fix a configuration, so the run fails at once."""
-
-
-class PreflightUnavailable(Exception):
-    """A service could not be reached during preflight (5xx, network, throttling): task retries apply."""
 
 
 def _preflight_api_failure(what: str, exc: ApiError) -> Exception:
@@ -836,9 +828,9 @@ def _scrub_run_files(rc: RunContext, applicant_ids: Iterable[int]) -> int:
     ids = sorted(applicant_ids)
     keys = personal_columns(rc.settings)
     root = default_run_root()
-    scrubbed = scrub_run_files(root, ids, personal_keys=keys)
+    scrubbed = scrub_run_files(storage_path(root), ids, personal_keys=keys)
     if not rc.folder.url.startswith(root.rstrip("/") + "/"):
-        scrubbed += scrub_run_files(rc.folder.url, ids, personal_keys=keys)
+        scrubbed += scrub_run_files(rc.folder.path, ids, personal_keys=keys)
     return scrubbed
 
 
@@ -943,6 +935,7 @@ def report_step(rc: RunContext) -> dict[str, Any]:
         failures=failures,
         quarantine=quarantine,
         carried=extract_meta.get("carried"),
+        quality=quality_summary(rc.folder),
     )
     report["durations_seconds"] = _durations(rc)
     parking = rc.folder.read_json(COMMIT_PARKED) or {}
@@ -962,7 +955,7 @@ def report_step(rc: RunContext) -> dict[str, Any]:
     report["note_set_via"] = set_run_note(rc.dag_id, rc.run_id, text)
     from d365.pipeline.digest import send_digest
 
-    report["digest_sent"] = send_digest(rc.settings, report)  # one mail per run with record-level failures
+    report["digest_sent"] = send_digest(rc.settings, report, send_mail)  # one mail per run with record-level failures
     return report["outcomes"]
 
 

@@ -12,8 +12,9 @@ import yaml
 from smtp_sink import SmtpSink, smtp_sink  # noqa: F401 - the fixture
 
 from d365.hooks.errors import DynamicsAuthError, DynamicsError
-from d365.notifications import FailureAlert, redact, send_mail
+from d365.notifications import redact, send_mail
 from d365.pipeline.settings import REPO_SETTINGS, load_settings
+from d365.runtime.alerts import FailureAlert
 
 SECRET = "Sb0x-cl1ent~s3cret.Value_42"
 API_KEY = "da-key-7f3e9c2b1a"

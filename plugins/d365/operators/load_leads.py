@@ -41,8 +41,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
 from d365.pipeline.plan import ADOPT, CREATE, ERASE, PRIVACY_WRITES, WITHDRAW, WRITES, Operation
 from d365.pipeline.privacy import redact
-from d365.pipeline.runfolder import RunFolder
 from d365.pipeline.target import LeadTarget, TargetMissing
+from d365.runtime.runfolder import RunFolder
 
 PLAN_FILE = "plan/operations.jsonl"
 PLAN_META = "plan/meta.json"

@@ -3,14 +3,21 @@
 Built from ``report.json``: ``failures`` (applicant_id, error_code, error) and ``quarantine``
 (applicant_id, reason), grouped by cause — the error code for failures, the reason for quarantines.
 Only applicant IDs, codes and reasons: these are the texts the report already keeps free of names,
-e-mails and phones; the sender passes the whole message through ``notifications.redact`` as well.
+e-mails and phones; the sender (``d365.notifications.send_mail``, wired in by the report task) passes the
+whole message through ``notifications.redact`` as well.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+
+class SendMail(Protocol):
+    """Sends one message to the technical contact; False when skipped or it failed (never raises)."""
+
+    def __call__(self, settings: Any, *, subject: str, body: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -114,15 +121,13 @@ def _parked_lines(parked: Mapping[str, Any], newly_parked: list[Mapping[str, Any
     return lines
 
 
-def send_digest(settings: Any, report: Mapping[str, Any]) -> bool:
+def send_digest(settings: Any, report: Mapping[str, Any], send: SendMail) -> bool:
     """One digest mail for this run when it has record-level failures, quarantines or newly parked records
-    (``alerts.digest``)."""
+    (``alerts.digest``), through ``send`` (the runtime's ``d365.notifications.send_mail``, which redacts)."""
     if not settings.alerts.digest:
         return False
     message = build_digest(report, max_ids=settings.alerts.max_ids_per_cause)
     if message is None:
         return False
-    from d365.notifications import send_mail
-
     subject, body = message
-    return send_mail(settings, subject=subject, body=body)
+    return send(settings, subject=subject, body=body)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from d365.pipeline.fields import personal_sources, scrubbed_record_keys
 from d365.pipeline.ledger import LeadState, LedgerEntry
 from d365.pipeline.plan import ERASE, ERASED, UPSERTS, WITHDRAW, Operation
+from d365.pipeline.runfolder import StoragePath
 from d365.pipeline.settings import FieldMapping, Settings, template_placeholders
 
 if TYPE_CHECKING:
@@ -299,7 +300,7 @@ def _replace_secrets(text: str, secrets: list[str]) -> str:
 
 
 def scrub_run_files(
-    run_root_url: str,
+    root: StoragePath,
     applicant_ids: Iterable[int],
     *,
     personal_keys: Iterable[str] = (),
@@ -316,15 +317,12 @@ def scrub_run_files(
 
     Other applicants' JSON Lines records are never changed (two applicants may share an e-mail address).
 
-    A file is rewritten only when something changed. The root is an ``ObjectStoragePath`` URL (local
-    ``file://`` or any fsspec store).
+    A file is rewritten only when something changed. ``root`` is a ``StoragePath`` (the runtime gives an
+    ``ObjectStoragePath``: local ``file://`` or any fsspec store, ``d365.runtime.runfolder.storage_path``).
     """
-    from airflow.sdk import ObjectStoragePath  # lazily: the rest of the module is Airflow-free
-
     ids = {int(i) for i in applicant_ids}
     if not ids:
         return 0
-    root = ObjectStoragePath(run_root_url)
     if not root.exists():
         return 0
     keys = PERSONAL_RECORD_KEYS | frozenset(personal_keys)

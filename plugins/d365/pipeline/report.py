@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from d365.pipeline.triage import QUALITY_SUMMARY_JSON
+
 # The order in which outcomes are shown; every applicant of a run lands in exactly one of these.
 # ``erased`` applicants are not in the extract (DreamApply purged them): ``accounted_for`` is the extract
 # plus the erasures of the run.
@@ -52,12 +54,10 @@ def build_report(
     quality: Mapping[str, Any] | None = None,
     carried: list[int] | None = None,
 ) -> dict[str, Any]:
-    """``quality``: the transform's ``quality/summary.json``; when not given it is read from the run's
-    default folder (``$D365_SYNC_RUN_ROOT/<dag>/<run>``), so the note links the GX summary and result.
+    """``quality``: the transform's ``quality/summary.json`` (``quality_summary`` of the run folder), so the note
+    links the GX summary and result; without one the report has no quality section.
     ``carried``: applicant ids the journal named that could not be read, carried to the next run."""
     counts = {k: int(outcomes.get(k, 0)) for k in OUTCOMES}
-    if quality is None:
-        quality = quality_summary(dag_id, run_id)
     report = {
         "dag_id": dag_id,
         "run_id": run_id,
@@ -89,16 +89,14 @@ def build_report(
     return report
 
 
-def quality_summary(dag_id: str, run_id: str) -> dict[str, Any] | None:
-    """The run's ``quality/summary.json`` in its default run folder, or None (never raises)."""
+def quality_summary(folder: Any) -> dict[str, Any] | None:
+    """The run's ``quality/summary.json`` from its run folder (anything with ``read_json``, e.g.
+    ``d365.pipeline.runfolder.RunFiles``), or None (never raises: the report is written whatever)."""
     try:
-        from d365.pipeline.runfolder import RunFolder, _safe, default_run_root
-
-        folder = RunFolder(f"{default_run_root().rstrip('/')}/{_safe(dag_id)}/{_safe(run_id)}")
-        found = folder.read_json("quality/summary.json")
-        return found if isinstance(found, dict) else None
+        found = folder.read_json(QUALITY_SUMMARY_JSON)
     except Exception:
         return None
+    return found if isinstance(found, dict) else None
 
 
 def summary_text(report: Mapping[str, Any]) -> str:

@@ -1,12 +1,13 @@
-"""Retention of run folders: personal data is kept only as long as a run may need re-reading. No Airflow here
-(paths are fsspec / ``ObjectStoragePath`` objects, so the same code deletes on local disk and on S3).
+"""Retention of run folders: personal data is kept only as long as a run may need re-reading. No Airflow here:
+the sweep walks a ``StoragePath`` (the runtime gives an ``ObjectStoragePath``, so the same code deletes on local
+disk and on S3).
 
 Every run folder (``<run root>/<dag id>/<run id>/``) is judged by the **run's age**: the ``created_at`` its
-``run.json`` marker records (written once by ``RunFolder.for_run`` when the run's first task creates the
-folder). File modification times are not used for folders with a marker: an erasure's scrub rewrites files of
-old runs and would make them look young. A folder without a marker (made before markers existed, or by hand)
-is dated by its oldest file's modification time: the scrub rewrites only files holding an erased applicant,
-so at least ``preflight.json`` keeps the run's own time.
+``run.json`` marker records (written once by ``d365.runtime.runfolder.RunFolder.for_run`` when the run's first
+task creates the folder). File modification times are not used for folders with a marker: an erasure's scrub
+rewrites files of old runs and would make them look young. A folder without a marker (made before markers
+existed, or by hand) is dated by its oldest file's modification time: the scrub rewrites only files holding an
+erased applicant, so at least ``preflight.json`` keeps the run's own time.
 
 * older than ``retention.personal_days`` (default 14): every file that may hold personal data is deleted —
   everything **not** in ``REPORT_FILES`` (extracts, transform and plan payloads, load results, quarantine rows,
@@ -25,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from d365.pipeline.runfolder import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +103,16 @@ def run_started_at(folder: Any) -> datetime | None:
 
 
 def apply_retention(
-    run_root: Any,
+    root: StoragePath,
     *,
     personal_days: int,
     report_days: int,
     now: datetime | None = None,
 ) -> RetentionResult:
-    """Sweep every run folder under ``run_root`` (a URL or an ``ObjectStoragePath``) once."""
-    from airflow.sdk import ObjectStoragePath  # lazily: keeps the module importable without Airflow set up
-
+    """Sweep every run folder under ``root`` (the run root, e.g. ``d365.runtime.runfolder.storage_path(url)``)
+    once."""
     if report_days < personal_days:
         raise ValueError("report_days must be at least personal_days")
-    root = run_root if not isinstance(run_root, str) else ObjectStoragePath(run_root.rstrip("/"))
     now = now or datetime.now(UTC)
     personal_limit = now - timedelta(days=personal_days)
     report_limit = now - timedelta(days=report_days)

@@ -1,8 +1,10 @@
 """Large data moves between tasks as files in a per-run folder; XCom carries only the folder's path.
 
-The folder is an Airflow ``ObjectStoragePath`` (local disk by default, any fsspec store such as
-``s3://bucket/prefix`` in production). Records are JSON Lines: nested applicant data survives
-unchanged, and files stream line by line instead of loading whole frames into memory.
+This module holds the folder's layout and file formats, over any ``StoragePath`` (the part of ``pathlib``'s
+interface that Airflow's ``ObjectStoragePath`` shares), so the pipeline reads and writes run files without
+knowing where they live. The runtime opens folders on ``ObjectStoragePath`` (``d365.runtime.runfolder``:
+local disk by default, any fsspec store such as ``s3://bucket/prefix`` in production). Records are JSON Lines:
+nested applicant data survives unchanged, and files stream line by line instead of loading whole frames.
 """
 
 from __future__ import annotations
@@ -12,9 +14,43 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 RUN_ROOT_ENV = "D365_SYNC_RUN_ROOT"
+
+
+class StoragePath(Protocol):
+    """A file or folder of the run store: what run folders, retention and the erasure scrub use of a path."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def parent(self) -> Any: ...
+
+    def __truediv__(self, other: str) -> Any: ...
+
+    def exists(self) -> bool: ...
+
+    def is_file(self) -> bool: ...
+
+    def is_dir(self) -> bool: ...
+
+    def mkdir(self, parents: bool = ..., exist_ok: bool = ...) -> None: ...
+
+    def open(self, mode: str = ..., encoding: str | None = ...) -> IO[Any]: ...
+
+    def iterdir(self) -> Iterable[Any]: ...
+
+    def rglob(self, pattern: str) -> Iterable[Any]: ...
+
+    def unlink(self) -> None: ...
+
+    def rmdir(self, recursive: bool = ...) -> None: ...
+
+    def relative_to(self, other: Any) -> Any: ...
+
+    def stat(self) -> Any: ...
 
 
 def default_run_root() -> str:
@@ -26,30 +62,23 @@ def default_run_root() -> str:
     return "file://" + str(Path(home).resolve() / "d365_runs")
 
 
-def _safe(part: str) -> str:
+def safe_part(part: str) -> str:
+    """A DAG or run id as one folder name (run ids hold ``:`` and ``+``)."""
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", part)
 
 
-class RunFolder:
-    """One run's folder (``<run root>/<dag id>/<run id>``); kept per ``retention`` (``d365.pipeline.retention``)."""
+def run_folder_url(root: str, dag_id: str, run_id: str) -> str:
+    """Where a run's folder lives under a run root: ``<root>/<dag id>/<run id>``."""
+    return f"{root.rstrip('/')}/{safe_part(dag_id)}/{safe_part(run_id)}"
 
-    def __init__(self, url: str) -> None:
-        from airflow.sdk import ObjectStoragePath  # imported lazily: keeps DAG parsing cheap
 
-        self.url = url.rstrip("/")
-        self.path = ObjectStoragePath(self.url)
+class RunFiles:
+    """The files of one run's folder at ``path`` (``url`` names it in reports and notes); kept per
+    ``d365.pipeline.retention``."""
 
-    @classmethod
-    def for_run(cls, dag_id: str, run_id: str, root: str | None = None) -> RunFolder:
-        """The run's folder, created with its ``run.json`` marker on first use: retention dates the run by the
-        marker, not by file times that an erasure's scrub refreshes (``d365.pipeline.retention``)."""
-        from d365.pipeline.retention import RUN_MARKER, marker
-
-        folder = cls(f"{(root or default_run_root()).rstrip('/')}/{_safe(dag_id)}/{_safe(run_id)}")
-        folder.path.mkdir(parents=True, exist_ok=True)
-        if not folder.exists(RUN_MARKER):
-            folder.write_json(RUN_MARKER, marker(dag_id, run_id))
-        return folder
+    def __init__(self, path: StoragePath, url: str | None = None) -> None:
+        self.path = path
+        self.url = (url or str(path)).rstrip("/")
 
     def file(self, name: str) -> Any:
         target = self.path / name
@@ -57,7 +86,7 @@ class RunFolder:
         return target
 
     def exists(self, name: str) -> bool:
-        return (self.path / name).exists()
+        return bool((self.path / name).exists())
 
     def write_json(self, name: str, data: Any) -> str:
         target = self.file(name)

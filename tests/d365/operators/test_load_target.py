@@ -16,8 +16,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from d365.hooks.dynamics_batch import BatchOperation
 from d365.operators.load_leads import LoadLeadsOperator
 from d365.pipeline.plan import CREATE, Operation
-from d365.pipeline.runfolder import RunFolder
 from d365.pipeline.target import LeadTarget, TargetMissing
+from d365.runtime.runfolder import RunFolder
 
 DAGS = Path(__file__).resolve().parents[3] / "dags"
 TARGET = LeadTarget("crm_test", "lead", "uni_leads", "leadid")

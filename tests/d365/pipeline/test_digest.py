@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from smtp_sink import SmtpSink, smtp_sink  # noqa: F401 - the fixture
 
+from d365.notifications import send_mail
 from d365.pipeline.digest import build_digest, group_causes, send_digest
 from d365.pipeline.settings import load_settings
 
@@ -68,11 +69,11 @@ def test_the_digest_arrives_once_redacted(
         json.dumps({"conn_type": "dynamics365", "host": "https://org.example", "login": "c", "password": secret}),
     )
     report = {**REPORT, "failures": [{"applicant_id": 1, "error_code": "x", "error": f"echoed {secret}"}]}
-    assert send_digest(load_settings(), report)
+    assert send_digest(load_settings(), report, send_mail)
     [mail] = smtp_sink.wait(1)
     assert mail.rcpt_tos == ["crm-integration@university.example"]
     assert "quarantined applicants in run" in mail.subject
     assert secret not in mail.raw.decode("utf-8", "replace") and secret not in mail.text
     assert "echoed ***" in mail.text
-    assert not send_digest(load_settings(), {"failures": [], "quarantine": []})
+    assert not send_digest(load_settings(), {"failures": [], "quarantine": []}, send_mail)
     assert len(smtp_sink.wait(2, timeout=0.3)) == 1

@@ -285,7 +285,7 @@ def test_scrub_removes_the_value_of_every_identifying_field(tmp_path: Path) -> N
     quoted = {"partial_unexpected_list": list(values.values()), "note": " / ".join(map(str, values.values()))}
     (run / "quality" / "result.json").write_text(json.dumps(quoted), encoding="utf-8")
 
-    assert scrub_run_files("file://" + str(tmp_path / "runs"), [4711]) > len(values)
+    assert scrub_run_files(tmp_path / "runs", [4711]) > len(values)
     assert (run / "extract" / "applicants.jsonl").read_text(encoding="utf-8") == ""
     report = json.loads((run / "quality" / "result.json").read_text(encoding="utf-8"))
     assert report["partial_unexpected_list"] == [privacy.SCRUBBED] * len(values)  # every one, as a whole string

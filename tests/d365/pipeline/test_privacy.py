@@ -269,7 +269,7 @@ def test_scrub_run_files_removes_the_applicants_everywhere(tmp_path: Path) -> No
     (quality / "summary.md").write_text("unexpected: erin.erased@example.org, Erin\n", encoding="utf-8")
     (root / "dag/run2/binary.bin").write_bytes(b"\xff\xfe\x00erin")
 
-    changed = scrub_run_files("file://" + str(root), [7])
+    changed = scrub_run_files(root, [7])
     assert changed >= 10
     for path in root.rglob("*.jsonl"):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -283,9 +283,9 @@ def test_scrub_run_files_removes_the_applicants_everywhere(tmp_path: Path) -> No
     assert result["rows"] == [{"applicant_id": 8, "reason": "y"}]
     assert result["partial_unexpected_list"] == ["[erased]", "[erased]", "bad@"]
     assert "Erin" in (quality / "summary.md").read_text()  # short values only where they are a whole string
-    assert scrub_run_files("file://" + str(root), [7]) == 0  # nothing left: nothing rewritten
-    assert scrub_run_files("file://" + str(tmp_path / "missing"), [7]) == 0
-    assert scrub_run_files("file://" + str(root), []) == 0
+    assert scrub_run_files(root, [7]) == 0  # nothing left: nothing rewritten
+    assert scrub_run_files(tmp_path / "missing", [7]) == 0
+    assert scrub_run_files(root, []) == 0
 
 
 # -- ledger --------------------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def test_commit_finishes_erasures_keeps_withdrawals_and_report_counts_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from d365 import steps
-    from d365.pipeline.runfolder import RunFolder
+    from d365.runtime.runfolder import RunFolder
 
     root = tmp_path / "runs"
     monkeypatch.setenv("D365_SYNC_RUN_ROOT", "file://" + str(root))
@@ -393,7 +393,7 @@ def test_an_erasure_stays_pending_until_the_scrub_succeeded_and_the_next_commit_
     applicant as ``erased`` (no request) and its commit scrubs files and ledger row."""
     from d365 import steps
     from d365.pipeline import privacy
-    from d365.pipeline.runfolder import RunFolder
+    from d365.runtime.runfolder import RunFolder
 
     root = tmp_path / "runs"
     monkeypatch.setenv("D365_SYNC_RUN_ROOT", "file://" + str(root))

@@ -16,8 +16,8 @@ import pytest
 from d365 import steps
 from d365.pipeline import retention, triage
 from d365.pipeline.retention import RUN_MARKER, apply_retention, is_report_file, marker, run_started_at
-from d365.pipeline.runfolder import RunFolder
 from d365.pipeline.settings import parse_settings
+from d365.runtime.runfolder import RunFolder, storage_path
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAG = "dreamapply_to_dynamics365"
@@ -78,7 +78,7 @@ def test_personal_files_go_after_personal_days_reports_after_report_days(tmp_pat
     old = make_run(root, "scheduled__old", NOW - timedelta(days=14, hours=1))
     ancient = make_run(root, "scheduled__ancient", NOW - timedelta(days=401))
 
-    result = apply_retention(root, personal_days=14, report_days=400, now=NOW)
+    result = apply_retention(storage_path(root), personal_days=14, report_days=400, now=NOW)
 
     assert names(fresh) == {*PERSONAL, *REPORTS, RUN_MARKER}
     assert names(old) == {*REPORTS, RUN_MARKER}  # reports stay
@@ -95,7 +95,7 @@ def test_personal_files_go_after_personal_days_reports_after_report_days(tmp_pat
     }
     assert result.folders_deleted == [f"{DAG}/scheduled__ancient"]
     # a second sweep finds nothing more to do
-    again = apply_retention(root, personal_days=14, report_days=400, now=NOW)
+    again = apply_retention(storage_path(root), personal_days=14, report_days=400, now=NOW)
     assert (again.files_deleted, again.folders_deleted) == (0, [])
 
 
@@ -112,7 +112,7 @@ def test_the_run_age_comes_from_the_marker_not_from_file_times(tmp_path: Path) -
     for p in Path(old.path.path).rglob("*"):
         os.utime(p, (fresh, fresh))
 
-    apply_retention(root, personal_days=14, report_days=400, now=NOW)
+    apply_retention(storage_path(root), personal_days=14, report_days=400, now=NOW)
 
     assert names(old) == {*REPORTS, RUN_MARKER}
     assert names(young) == {*PERSONAL, *REPORTS, RUN_MARKER}
@@ -129,7 +129,7 @@ def test_a_folder_without_marker_is_dated_by_its_oldest_file(tmp_path: Path) -> 
     started = run_started_at(folder.path)
     assert started is not None and abs(started.timestamp() - old) < 2
 
-    apply_retention("file://" + str(tmp_path / "runs"), personal_days=14, report_days=400)
+    apply_retention(storage_path("file://" + str(tmp_path / "runs")), personal_days=14, report_days=400)
     assert names(folder) == {"preflight.json"}
 
 
@@ -160,7 +160,7 @@ def test_retention_works_through_object_storage(memory_root: str) -> None:
     young = make_run(memory_root, "scheduled__young", NOW - timedelta(days=2))
     assert old.path.protocol == "memory"
 
-    result = apply_retention(memory_root, personal_days=14, report_days=400, now=NOW)
+    result = apply_retention(storage_path(memory_root), personal_days=14, report_days=400, now=NOW)
 
     assert names(old) == {*REPORTS, RUN_MARKER}
     assert not ancient.path.exists()
@@ -179,7 +179,7 @@ def test_retention_settings_defaults_and_checks() -> None:
         with pytest.raises(ValueError, match="retention"):
             parse({"retention": bad})
     with pytest.raises(ValueError, match="report_days"):
-        apply_retention("file:///nonexistent", personal_days=10, report_days=5)
+        apply_retention(storage_path("file:///nonexistent"), personal_days=10, report_days=5)
     assert {steps.REPORT, triage.QUALITY_SUMMARY} <= retention.REPORT_FILES
 
 

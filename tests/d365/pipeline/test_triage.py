@@ -172,7 +172,7 @@ def test_duplicates_all_quarantined_and_written_once_per_id() -> None:
 
 
 def test_artifacts_hold_ids_and_reasons_only(tmp_path: Path) -> None:
-    from d365.pipeline.runfolder import RunFolder
+    from d365.runtime.runfolder import RunFolder
 
     secret = applicant(31, name_given="Zebulon", email="zebulon.secret@@mail", phone="call zebulon")
     result = triage([applicant(30), secret, applicant(32, consents={})])
