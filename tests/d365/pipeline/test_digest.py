@@ -77,3 +77,20 @@ def test_the_digest_arrives_once_redacted(
     assert "echoed ***" in mail.text
     assert not send_digest(load_settings(), {"failures": [], "quarantine": []}, send_mail)
     assert len(smtp_sink.wait(2, timeout=0.3)) == 1
+
+
+def test_the_digest_goes_through_the_send_it_is_given_and_only_when_asked_for() -> None:
+    """The pipeline builds the digest; the caller (the report task: ``notifications.send_mail``) sends it."""
+    sent: list[tuple[str, str]] = []
+
+    def send(settings: object, *, subject: str, body: str) -> bool:
+        sent.append((subject, body))
+        return True
+
+    settings = load_settings()
+    assert send_digest(settings, REPORT, send)
+    assert [subject for subject, _ in sent] == [build_digest(REPORT)[0]]  # type: ignore[index]
+    off = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"digest": False})})
+    assert not send_digest(off, REPORT, send)
+    assert not send_digest(settings, {"failures": [], "quarantine": []}, send)
+    assert len(sent) == 1
