@@ -75,9 +75,11 @@ def vm_kib(field: str, pid: int | str = "self") -> int:
     return 0
 
 
-def write_plan(folder: Path, leads: int, first_id: int = 1) -> None:
+def write_plan(folder: Path, leads: int, owner: str, first_id: int = 1) -> None:
+    """Creates as the plan step emits them: final requests owned by ``owner`` (a systemuserid)."""
     from d365.pipeline.identity import lead_id_for
-    from d365.pipeline.plan import CREATE, Operation
+    from d365.pipeline.owners import OwnerIds
+    from d365.pipeline.plan import CREATE, Operation, final_requests
 
     (folder / "plan").mkdir(parents=True, exist_ok=True)
     with (folder / "plan" / "operations.jsonl").open("w", encoding="utf-8") as fh:
@@ -90,6 +92,7 @@ def write_plan(folder: Path, leads: int, first_id: int = 1) -> None:
                 "uni_applicantid": str(aid),
             }
             op = Operation(aid, CREATE, lead_id_for(INSTANCE, aid), f"hash-{aid}", payload)
+            (op,) = final_requests([op], entity_set="leads", owners=OwnerIds(owner), owner_rules={})
             fh.write(json.dumps(op.to_json()) + "\n")
     (folder / "plan" / "meta.json").write_text("{}")
 
@@ -118,6 +121,17 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
+def sandbox_owner(info: dict[str, Any]) -> str:
+    """The systemuserid of the settings' contact owner in the sandbox (what preflight resolves)."""
+    from d365.hooks.dynamics import DynamicsHook
+    from sandbox.client import airflow_connections
+
+    os.environ["AIRFLOW_CONN_DYNAMICS365_DEFAULT"] = json.dumps(
+        airflow_connections(info)["AIRFLOW_CONN_DYNAMICS365_DEFAULT"]
+    )
+    return str(DynamicsHook().find_systemuser(email="anna.virtanen@university.example")["systemuserid"])
+
+
 def run_load(info: dict[str, Any], limits: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from sandbox.client import airflow_connections
 
@@ -128,7 +142,7 @@ def run_load(info: dict[str, Any], limits: dict[str, Any], args: argparse.Namesp
         throttle_max_execution_ms=limits["max_execution_ms"],
     )
     run = work / "run"
-    write_plan(run, args.leads)
+    write_plan(run, args.leads, sandbox_owner(info))
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(work / "airflow"),

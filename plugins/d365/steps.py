@@ -476,10 +476,12 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
     """Ledger first; Dynamics is asked only about applicants the ledger cannot name. Consent withdrawals
     (skipped for consent, lead sent earlier) and erasures (``extract/meta.json``, plus failed erasures of
     earlier runs) are planned here too (``privacy``). Pending leads get their new picklist options first
-    (``_add_options``: one insert per option, one ``PublishXml``); each create carries its owner's id
-    (``Operation.owner_id``: the first matching owner rule, else the contact owner)."""
+    (``_add_options``: one insert per option, one ``PublishXml``). Every write leaves as its final request
+    (``plan.final_requests``: preflight's entity set, and each create's owner bind: the first matching owner
+    rule's user, else the contact owner, as preflight resolved them); the load only sends it."""
     from d365.hooks.dynamics import DynamicsHook
     from d365.pipeline.fit import LeadSchema
+    from d365.pipeline.plan import PlanError, final_requests
     from d365.pipeline.privacy import (
         DataMinimisationError,
         erasure_operations,
@@ -560,17 +562,17 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
     if extra:  # data minimisation: nothing but the mapped columns may leave DreamApply
         shown = "; ".join(f"applicant {aid}: {', '.join(cols)}" for aid, cols in sorted(extra.items())[:10])
         raise DataMinimisationError(f"payloads hold columns outside data_mapping, nothing written: {shown}")
-    owners = OwnerIds.from_json(pre.get("owners"), default=pre.get("owner_id"))
-    for op in ops:
-        if op.set_owner:  # creates: the first matching owner rule's user, else the contact owner
-            op.owner_id = owners.for_rule(owner_rule.get(op.applicant_id))
+    owners = OwnerIds.from_json(pre.get("owners"), default=pre.get("owner_id"))  # preflight's one resolution
+    try:  # after the minimisation check: the owner bind is the plan's, not a mapped column
+        ops = final_requests(ops, entity_set=target.entity_set, owners=owners, owner_rules=owner_rule)
+    except PlanError as exc:
+        raise AirflowFailException(f"plan: {exc}; nothing written") from None  # settings, not a transient fault
     rc.folder.write_jsonl(PLAN_OPERATIONS, (op.to_json() for op in ops))
     counts = summarize(ops)
     rc.folder.write_json(
         PLAN_META,
         {
-            "owner_id": owners.default,  # the fallback; each create carries its own ``owner_id``
-            "owners": owners.to_json(),
+            "target": target.to_json(),  # every planned request addresses its entity set
             "counts": counts,
             "lookup_requests": lookups,
             "picklist_options": options_meta,
@@ -581,7 +583,7 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
         from d365.pipeline.dry_run import plan_summary
         from d365.pipeline.dry_run import summary_text as dry_run_text
 
-        summary = plan_summary(ops, rc.folder.read_json(PLAN_META) or {})
+        summary = plan_summary(ops, rc.folder.read_json(PLAN_META) or {}, owners)
         rc.folder.write_json(PLAN_DRY_RUN, summary)
         print(dry_run_text(summary), flush=True)
     return {"writes": sum(counts.get(a, 0) for a in WRITES), **counts}

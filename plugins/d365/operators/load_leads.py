@@ -1,6 +1,11 @@
 """Write the planned leads to Dynamics 365: ``$batch`` upserts by deterministic id, ledger after each batch.
 
 Task semantics only: the plan comes from the run folder, the hook owns auth, wire format and retries.
+The plan holds final requests (``plan.final_requests``: method, URL, headers, body, a create's owner bind):
+this operator sends each as planned, retries and records. It decides nothing about a lead (no owner, no
+fallback, no body of its own); it only refuses a planned request that is not final: a write addressed outside
+the run's entity set, a create without ``ownerid@odata.bind``, or an owner bind on anything but a create
+(``check_request``, before the request's slice of the plan is sent).
 The target (connection id and entity set) is the one preflight resolved (``d365.pipeline.target``): the DAG
 passes it from preflight's XCom, and it must agree with ``preflight.json`` when the run folder has one; with
 neither the load fails before any request. There is no default connection or entity set to fall back on.
@@ -39,13 +44,12 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
-from d365.pipeline.plan import ADOPT, CREATE, ERASE, PRIVACY_WRITES, WITHDRAW, WRITES, Operation
+from d365.pipeline.plan import ADOPT, CREATE, ERASE, OWNER_BIND, PRIVACY_WRITES, WITHDRAW, WRITES, Operation
 from d365.pipeline.privacy import redact
 from d365.pipeline.target import LeadTarget, TargetMissing
 from d365.runtime.runfolder import RunFolder
 
 PLAN_FILE = "plan/operations.jsonl"
-PLAN_META = "plan/meta.json"
 RESULTS_FILE = "load/results.jsonl"
 STATS_FILE = "load/stats.json"
 PREFLIGHT_FILE = "preflight.json"  # its ``target``: where preflight looked
@@ -60,6 +64,25 @@ TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 # what a privacy write becomes in the ledger and in load/results.jsonl
 # (an erasure stays ``erasing`` until the commit has scrubbed the ledger row and the run files: then ``erased``)
 PRIVACY_OUTCOMES = {WITHDRAW: ("withdrawn", LeadState.WITHDRAWN), ERASE: ("erased", LeadState.ERASING)}
+SENDABLE_METHODS = frozenset({"PATCH", "DELETE"})
+
+
+class PlanRefused(AirflowFailException):
+    """A planned write is not a final request: the load stops rather than completing it (no retries)."""
+
+
+def check_request(op: Operation, entity_set: str) -> None:
+    """Refuse a write the plan did not finish; the message names the applicant id and the action only."""
+    where = f"load: applicant {op.applicant_id} ({op.action})"
+    key = f"{entity_set}({op.lead_id})"
+    if not op.lead_id or not op.url or (op.url != key and not op.url.startswith(key + "?")):
+        raise PlanRefused(f"{where}: the plan addresses no lead in entity set {entity_set!r}; nothing of it is sent")
+    if op.method not in SENDABLE_METHODS:
+        raise PlanRefused(f"{where}: method {op.method!r} is not a planned write")
+    if op.action == CREATE and op.owner_id is None:
+        raise PlanRefused(f"{where}: a create without an owner bind; the plan gives every create its owner")
+    if op.action != CREATE and OWNER_BIND in op.payload:
+        raise PlanRefused(f"{where}: only a create sets the owner; updates keep the lead's owner")
 
 
 class LoadLeadsOperator(BaseOperator):
@@ -148,8 +171,6 @@ class LoadLeadsOperator(BaseOperator):
         from d365.hooks.dynamics import BatchOperation
 
         folder = RunFolder(self.run_folder)
-        meta = folder.read_json(PLAN_META, default={}) or {}
-        owner_id = meta.get("owner_id")
         run_id = context.get("run_id", None)
         ledger = Ledger(self.ledger_url or default_ledger_url())
         hook: Any = None
@@ -161,9 +182,9 @@ class LoadLeadsOperator(BaseOperator):
                 raise AirflowFailException("load: this run did not take the sync lock (the lock task); stopping")
             self._hold_lock(ledger, run_id, force=True)
             self._resolve_target(folder)
-            hook = self.get_hook()
             batches = self._pending_batches(ledger, folder, counts)
-            first = next(batches, None)
+            first = next(batches, None)  # the plan's first slice is checked before any hook or request exists
+            hook = self.get_hook()
             workers = 0
             failure: BaseException | None = None
             if first is not None:  # nothing to write: no request at all
@@ -175,7 +196,7 @@ class LoadLeadsOperator(BaseOperator):
                 with folder.file(RESULTS_FILE).open("a", encoding="utf-8") as results_fh:
 
                     def send(chunk: list[Operation]) -> list[Any]:
-                        batch = [self._batch_operation(BatchOperation, op, owner_id) for op in chunk]
+                        batch = [self._batch_operation(BatchOperation, op) for op in chunk]
                         return hook.execute_batch(batch, continue_on_error=True, idempotent=True)
 
                     failure = self._run_batches(
@@ -218,7 +239,9 @@ class LoadLeadsOperator(BaseOperator):
         for row in folder.read_jsonl(PLAN_FILE):
             if row.get("action") not in WRITES:
                 continue
-            buffer.append(Operation.from_json(row))
+            op = Operation.from_json(row)
+            check_request(op, str(self.entity_set))
+            buffer.append(op)
             counts["writes"] += 1
             if len(buffer) >= PLAN_SLICE:
                 yield from flush(buffer)
@@ -282,15 +305,18 @@ class LoadLeadsOperator(BaseOperator):
                         results = [res for i, res in enumerate(results) if i in keep]
                     self._record(chunk, results, ledger, results_fh, run_id, counts)
 
-            for chunk in batches:
-                while len(running) >= 2 * workers:
-                    collect(block=True)
-                if failure is not None:
-                    break
-                while retry:
-                    submit(*retry.pop())
-                submit(chunk, 1)
-                collect(block=False)
+            try:
+                for chunk in batches:
+                    while len(running) >= 2 * workers:
+                        collect(block=True)
+                    if failure is not None:
+                        break
+                    while retry:
+                        submit(*retry.pop())
+                    submit(chunk, 1)
+                    collect(block=False)
+            except PlanRefused as exc:  # a later slice of the plan: record what is running, then stop
+                failure = failure or exc
             while running or (retry and failure is None):
                 while retry and failure is None:
                     submit(*retry.pop())
@@ -354,26 +380,14 @@ class LoadLeadsOperator(BaseOperator):
             pending.append(op)
         return pending
 
-    def _batch_operation(self, factory: Any, op: Operation, owner_id: str | None) -> Any:
-        if op.action in PRIVACY_WRITES:
-            if op.method == "DELETE":
-                return factory(method="DELETE", url=f"{self.entity_set}({op.lead_id})", record=str(op.applicant_id))
-            return factory(
-                method="PATCH",
-                url=f"{self.entity_set}({op.lead_id})",
-                body=dict(op.payload),
-                headers={"If-Match": "*"},  # update only: never re-create a lead that is gone
-                record=str(op.applicant_id),
-            )
-        body = dict(op.payload)
-        owner = op.owner_id or owner_id  # the owner rule's user for this create, else the plan's fallback
-        if op.set_owner and owner:
-            body["ownerid@odata.bind"] = f"/systemusers({owner})"
+    @staticmethod
+    def _batch_operation(factory: Any, op: Operation) -> Any:
+        """The planned request in the hook's wire type, unchanged (a DELETE has no body)."""
         return factory(
-            method="PATCH",
-            url=f"{self.entity_set}({op.lead_id})?$select=leadid",
-            body=body,
-            headers={"Prefer": "return=representation"},
+            method=op.method,
+            url=op.url,
+            body=dict(op.payload) if op.method != "DELETE" else None,
+            headers=dict(op.headers) or None,
             record=str(op.applicant_id),
         )
 

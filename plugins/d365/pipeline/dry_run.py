@@ -5,6 +5,8 @@ and Dynamics are asked, never changed), then the load and the commit are skipped
 picklist option (``plan_step`` lists them as ``would_add``), so Dynamics, the ledger and the cursors stay
 as they were. The summary (``plan/dry_run.json``, the report and the run note) holds counts per action,
 created leads per owner, and the picklist options that would be added; applicant IDs only, no personal data.
+The owner of each create is read from its planned request (the ``ownerid@odata.bind`` the load would send),
+labelled with the settings entry it came from (``owner_rules[i]``, the contact owner) as preflight resolved them.
 """
 
 from __future__ import annotations
@@ -13,22 +15,21 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from d365.pipeline.owners import OwnerIds
 from d365.pipeline.plan import CREATE, UPDATE, WRITES, Operation, summarize
 
 SAMPLE = 20  # applicant IDs listed per action in the summary
 
 
-def plan_summary(ops: Iterable[Operation], meta: Mapping[str, Any]) -> dict[str, Any]:
+def plan_summary(ops: Iterable[Operation], meta: Mapping[str, Any], owners: OwnerIds) -> dict[str, Any]:
+    """What the plan would write: ``meta`` is ``plan/meta.json``, ``owners`` preflight's resolved owner ids."""
     ops = list(ops)
-    owners = meta.get("owners") or {}
-    default = owners.get("default") or meta.get("owner_id")
-    rules = list(owners.get("rules") or [])
 
     def owner_label(owner_id: str | None) -> str:
         if owner_id is None:
             return "none"
-        names = [f"rule {i}" for i, rid in enumerate(rules) if rid == owner_id]
-        if owner_id == default:
+        names = [f"rule {i}" for i, rid in enumerate(owners.rules) if rid == owner_id]
+        if owner_id == owners.default:
             names.append("contact owner")
         return f"{owner_id} ({', '.join(names)})" if names else owner_id
 

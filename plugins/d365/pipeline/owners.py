@@ -11,8 +11,9 @@ Airflow-free. Three parts:
 * ``resolve_owners(settings, find, caller_id)``: the preflight's check of ``contact_owner`` and of every
   rule owner; returns the ids (``OwnerIds``) and one error line per bad owner, naming the setting.
 
-The plan puts the resolved id on each create (``Operation.owner_id``); updates and adoptions keep the
-owner the lead has.
+This is the one owner resolution of a run: preflight stores the ids in ``preflight.json`` (``owners``). The
+plan binds them to creates (``plan.final_requests``: the rule's user, else the contact owner, the one
+fallback); updates and adoptions keep the owner the lead has. The load only sends what the plan holds.
 """
 
 from __future__ import annotations
@@ -91,11 +92,6 @@ class OwnerIds:
 
     default: str | None = None
     rules: list[str | None] = field(default_factory=list)
-
-    def for_rule(self, rule: int | None) -> str | None:
-        if rule is not None and 0 <= rule < len(self.rules) and self.rules[rule]:
-            return self.rules[rule]
-        return self.default
 
     def to_json(self) -> dict[str, Any]:
         return {"default": self.default, "rules": list(self.rules)}

@@ -20,16 +20,28 @@ An applicant the ledger marks ``erased`` is never sent again (``erased``, no req
 Consent withdrawal and erasure (``privacy``) add ``withdraw`` and ``erase`` writes: a ``PATCH`` that only
 updates (``If-Match: *``, never creates) or a ``DELETE`` (``Operation.method``); ``erased`` is the erasure of
 an applicant without a lead (recorded by the commit, no request).
+
+**Final requests.** ``final_requests`` turns every write into the request the load sends as it is: method,
+URL (the entity set preflight resolved, ``d365.pipeline.target``, and the lead id key), headers and body. It is
+the one place a lead gets an owner: a create binds ``ownerid@odata.bind`` to ``/systemusers(<id>)`` of the
+first matching owner rule, else of the contact owner (``owner_for_create``: the only fallback; the ids were
+resolved once, by preflight, ``owners.resolve_owners``). Updates, adoptions, withdrawals and erasures never
+carry an owner: the lead keeps the one it has. A create nobody can own stops the plan (``PlanError``).
+
+**The payload hash excludes the owner.** ``payload_hash`` is the transform's hash of the mapped columns
+(``mapping.payload_hash``), taken before the owner is bound: an owner change in the settings is not a change of
+the lead, so it does not re-send every lead (and the owner only ever applies to creates anyway).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from d365.pipeline.identity import lead_id_for
 from d365.pipeline.ledger import LeadState, LedgerEntry
+from d365.pipeline.owners import OwnerIds
 
 CREATE = "create"
 UPDATE = "update"
@@ -43,6 +55,14 @@ ERASED = "erased"  # erased applicant without a lead to act on, or erased earlie
 UPSERTS = (CREATE, UPDATE, ADOPT)
 PRIVACY_WRITES = (WITHDRAW, ERASE)
 WRITES = (*UPSERTS, *PRIVACY_WRITES)
+
+OWNER_BIND = "ownerid@odata.bind"  # a create's owner: ``/systemusers(<systemuserid>)``
+UPSERT_HEADERS = {"Prefer": "return=representation"}  # the answer says whether the lead was created
+UPDATE_ONLY_HEADERS = {"If-Match": "*"}  # withdraw / erase: never re-create a lead that is gone
+
+
+class PlanError(ValueError):
+    """The plan cannot give a write its final request (a create without an owner): nothing is written."""
 
 
 @dataclass
@@ -65,24 +85,39 @@ class ExistingLead:
 
 @dataclass
 class Operation:
+    """One applicant's planned outcome; for a write, after ``final_requests``, the request exactly as sent.
+
+    ``payload`` is the final body (a create's includes ``ownerid@odata.bind``); ``payload_hash`` is the hash of
+    the mapped columns only (the module docstring says why the owner is left out).
+    """
+
     applicant_id: int
     action: str
     lead_id: str | None
     payload_hash: str
     payload: dict[str, Any] = field(default_factory=dict)
     adopted: bool = False
-    set_owner: bool = False
     method: str = "PATCH"  # "DELETE" for a withdrawal or erasure that deletes the lead
     reason: str | None = None  # withdraw / erase / erased: what was done and why (goes to the ledger)
-    # create: the systemuserid to bind as ``ownerid`` (owner rules, else contact_owner; steps.plan_step)
-    owner_id: str | None = None
+    url: str | None = None  # the request's target below the Web API root: ``<entity set>(<lead id>)...``
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def owner_id(self) -> str | None:
+        """The systemuserid a create binds as its owner (None for every other operation)."""
+        bind = self.payload.get(OWNER_BIND)
+        if isinstance(bind, str) and bind.startswith("/systemusers(") and bind.endswith(")"):
+            return bind[len("/systemusers(") : -1]
+        return None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Operation:
-        return cls(**data)
+        """Known fields only: a plan written by an older version loads, and the load's checks then refuse it."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def needs_lookup(mapped: Iterable[LeadPayload], entries: Mapping[int, LedgerEntry]) -> list[LeadPayload]:
@@ -148,15 +183,60 @@ def plan_operations(
             continue
         lead_id = lead_id_for(instance, aid)
         claimed.add(lead_id)
-        ops.append(_op(aid, CREATE, lead_id, m, set_owner=True))
+        ops.append(_op(aid, CREATE, lead_id, m))
     return ops
 
 
-def _op(
-    aid: int, action: str, lead_id: str, m: LeadPayload, *, adopted: bool = False, set_owner: bool = False
-) -> Operation:
+def _op(aid: int, action: str, lead_id: str, m: LeadPayload, *, adopted: bool = False) -> Operation:
     payload = dict(m.payload) if action in UPSERTS else {}
-    return Operation(aid, action, lead_id, m.payload_hash, payload, adopted=adopted, set_owner=set_owner)
+    return Operation(aid, action, lead_id, m.payload_hash, payload, adopted=adopted)
+
+
+def owner_for_create(owners: OwnerIds, rule: int | None, applicant_id: int) -> str:
+    """The owner of one created lead: the matched owner rule's user, else the contact owner (the one fallback).
+
+    A matched rule without a resolved user, or no contact owner at all, is a ``PlanError``: a lead is never
+    created with whatever owner Dynamics would pick (the application user the sync signs in as)."""
+    if rule is not None:
+        if 0 <= rule < len(owners.rules) and owners.rules[rule]:
+            return str(owners.rules[rule])
+        raise PlanError(f"applicant {applicant_id}: owner_rules[{rule}] matched but preflight resolved no owner for it")
+    if owners.default:
+        return owners.default
+    raise PlanError(
+        f"applicant {applicant_id} would be created without an owner: set contact_owner (the owner of created leads)"
+    )
+
+
+def final_requests(
+    ops: Iterable[Operation], *, entity_set: str, owners: OwnerIds, owner_rules: Mapping[int, int]
+) -> list[Operation]:
+    """Give every write its final request (method, URL, headers, body); other operations pass unchanged.
+
+    :param entity_set: the lead table's entity set as preflight resolved it (``LeadTarget.entity_set``)
+    :param owners: the owner ids preflight resolved (``owners.resolve_owners``)
+    :param owner_rules: applicant id → index of the first matching owner rule (the mapper's ``owner_rule``)
+    """
+    done: list[Operation] = []
+    for op in ops:
+        if op.action in WRITES:
+            if not op.lead_id:
+                raise PlanError(f"applicant {op.applicant_id}: a {op.action} without a lead id")
+            body = dict(op.payload)
+            body.pop(OWNER_BIND, None)  # only a create is owned, and only as decided here
+            if op.action in UPSERTS:
+                op.method, op.url, op.headers = "PATCH", f"{entity_set}({op.lead_id})?$select=leadid", UPSERT_HEADERS
+                if op.action == CREATE:
+                    owner = owner_for_create(owners, owner_rules.get(op.applicant_id), op.applicant_id)
+                    body[OWNER_BIND] = f"/systemusers({owner})"
+            elif op.method == "DELETE":
+                op.url, op.headers, body = f"{entity_set}({op.lead_id})", {}, {}
+            else:
+                op.method, op.url, op.headers = "PATCH", f"{entity_set}({op.lead_id})", UPDATE_ONLY_HEADERS
+            op.payload = body
+            op.headers = dict(op.headers)
+        done.append(op)
+    return done
 
 
 def _adoptable(m: LeadPayload, by_email: Mapping[str, list[ExistingLead]], claimed: set[str]) -> ExistingLead | None:

@@ -25,10 +25,11 @@ import pytest
 
 from d365.hooks.dynamics import DynamicsHook
 from d365.hooks.throttle import Ticket
-from d365.operators.load_leads import PLAN_FILE, PLAN_META, RESULTS_FILE, STATS_FILE, LoadLeadsOperator
+from d365.operators.load_leads import PLAN_FILE, RESULTS_FILE, STATS_FILE, LoadLeadsOperator
 from d365.pipeline.identity import lead_id_for
 from d365.pipeline.ledger import LeadState, Ledger
-from d365.pipeline.plan import CREATE, Operation
+from d365.pipeline.owners import OwnerIds
+from d365.pipeline.plan import CREATE, OWNER_BIND, Operation, final_requests
 from sandbox import Sandbox
 from sandbox.client import SandboxClient, airflow_connections
 from sandbox.config import ServiceProtectionLimits
@@ -36,6 +37,7 @@ from sandbox.config import ServiceProtectionLimits
 N_LEADS = 5000
 INSTANCE = "faults.example"
 TICKET_HEADER = "X-Test-Ticket"
+OWNER_EMAIL = "anna.virtanen@university.example"  # an enabled person in the sandbox
 
 
 class TracingHook(DynamicsHook):
@@ -61,7 +63,8 @@ class TracingLoad(LoadLeadsOperator):
         return self.hook
 
 
-def planned(aid: int) -> Operation:
+def planned(aid: int, owner: str) -> Operation:
+    """One create as the plan step emits it (final request, owned by ``owner``)."""
     payload = {
         "firstname": f"Åsa {aid}",
         "lastname": f"O'Brien-{aid}",
@@ -69,7 +72,8 @@ def planned(aid: int) -> Operation:
         "subject": f"DreamApply applicant {aid}",
         "uni_applicantid": str(aid),
     }
-    return Operation(aid, CREATE, lead_id_for(INSTANCE, aid), f"hash-{aid}", payload)
+    op = Operation(aid, CREATE, lead_id_for(INSTANCE, aid), f"hash-{aid}", payload)
+    return final_requests([op], entity_set="leads", owners=OwnerIds(owner), owner_rules={})[0]
 
 
 def _header(entry: dict[str, Any], name: str) -> str | None:
@@ -122,12 +126,12 @@ def load_env(
     sb, client = make_sandbox(applicants=10, limits=limits, request_latency_ms=5.0, operation_ms=0.2)
     conn = airflow_connections(sb.info())["AIRFLOW_CONN_DYNAMICS365_DEFAULT"]
     monkeypatch.setenv("AIRFLOW_CONN_DYNAMICS365_DEFAULT", json.dumps(conn))
+    owner = DynamicsHook().find_systemuser(email=OWNER_EMAIL)["systemuserid"]  # as preflight resolves it
     folder = tmp_path / "run"
     (folder / "plan").mkdir(parents=True)
     with (folder / PLAN_FILE).open("w", encoding="utf-8") as fh:
         for aid in range(1, N_LEADS + 1):
-            fh.write(json.dumps(planned(aid).to_json()) + "\n")
-    (folder / PLAN_META).write_text("{}")
+            fh.write(json.dumps(planned(aid, owner).to_json()) + "\n")
     # the target as preflight records it: the operator takes the connection and entity set from here
     target = {"connection_id": "dynamics365_default", "entity": "lead", "entity_set": "leads", "primary_id": "leadid"}
     (folder / "preflight.json").write_text(json.dumps({"instance": INSTANCE, "target": target}))
@@ -171,6 +175,8 @@ def test_5000_leads_through_429_storms_503s_resets_latency_and_token_expiry(
     assert op.hook is not None
 
     # End state: exactly one lead per planned applicant, holding the planned values.
+    plan_file = Path(run_folder.removeprefix("file://")) / PLAN_FILE
+    plan = {op.applicant_id: op for op in map(Operation.from_json, map(json.loads, plan_file.read_text().splitlines()))}
     leads = client.get("/dataverse/leads")
     by_applicant: dict[str, list[dict[str, Any]]] = {}
     for lead in leads:
@@ -178,9 +184,12 @@ def test_5000_leads_through_429_storms_503s_resets_latency_and_token_expiry(
     assert len(leads) == N_LEADS and len(by_applicant) == N_LEADS
     for aid in range(1, N_LEADS + 1):
         (lead,) = by_applicant[str(aid)]
-        op_ = planned(aid)
+        op_ = plan[aid]
         assert lead["leadid"] == op_.lead_id
-        assert {k: lead.get(k) for k in op_.payload} == op_.payload
+        assert {k: lead.get(k) for k in op_.payload if k != OWNER_BIND} == {
+            k: v for k, v in op_.payload.items() if k != OWNER_BIND
+        }
+        assert op_.owner_id is not None and lead["_ownerid_value"] == op_.owner_id  # the planned owner, as sent
 
     ledger = Ledger(ledger_url)
     try:

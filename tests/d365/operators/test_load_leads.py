@@ -1,33 +1,69 @@
-"""LoadLeadsOperator: how withdrawals and erasures become requests and ledger outcomes (no network)."""
+"""LoadLeadsOperator: planned requests are sent as planned, unfinished ones refused; ledger outcomes (no network)."""
 
 from __future__ import annotations
 
+import pytest
+
 from d365.hooks.dynamics_batch import BatchOperation, BatchResult
 from d365.hooks.errors import DynamicsError, DynamicsNotFound
-from d365.operators.load_leads import LoadLeadsOperator
+from d365.operators.load_leads import LoadLeadsOperator, PlanRefused, check_request
 from d365.pipeline.ledger import LeadState
-from d365.pipeline.plan import CREATE, ERASE, WITHDRAW, Operation
-
-
-def operator() -> LoadLeadsOperator:
-    return LoadLeadsOperator(
-        task_id="load", run_folder="file:///tmp/x", instance="i", dynamics365_conn_id="crm", entity_set="leads"
-    )
+from d365.pipeline.owners import OwnerIds
+from d365.pipeline.plan import ADOPT, CREATE, ERASE, UPDATE, WITHDRAW, Operation, final_requests
 
 
 def result(op: Operation, status: int | None, error: Exception | None = None) -> BatchResult:
     return BatchResult(operation=BatchOperation("PATCH", "x"), status=status, error=error)  # type: ignore[arg-type]
 
 
-def test_privacy_writes_never_create_and_carry_no_owner() -> None:
-    load = operator()
+def test_the_load_sends_each_request_as_planned() -> None:
+    """Method, URL, headers and body go to the wire type unchanged: the load builds nothing of its own."""
     patch = Operation(1, WITHDRAW, "L1", "", {"donotemail": True}, reason="consent withdrawn: flag")
     delete = Operation(2, ERASE, "L2", "", {}, method="DELETE", reason="right to be forgotten: delete")
-    create = Operation(3, CREATE, "L3", "h", {"lastname": "X"}, set_owner=True)
-    p, d, c = (load._batch_operation(BatchOperation, op, "OWNER") for op in (patch, delete, create))
-    assert (p.method, p.url, p.body, p.headers) == ("PATCH", "leads(L1)", {"donotemail": True}, {"If-Match": "*"})
-    assert (d.method, d.url, d.body) == ("DELETE", "leads(L2)", None)
-    assert c.body["ownerid@odata.bind"] == "/systemusers(OWNER)" and "If-Match" not in (c.headers or {})
+    create = Operation(3, CREATE, "L3", "h", {"lastname": "X"})
+    update = Operation(4, UPDATE, "L4", "h", {"lastname": "Y"})
+    planned = final_requests(
+        [patch, delete, create, update], entity_set="uni_leads", owners=OwnerIds("OWNER"), owner_rules={}
+    )
+    p, d, c, u = (LoadLeadsOperator._batch_operation(BatchOperation, op) for op in planned)
+    assert (p.method, p.url, p.body, p.headers) == ("PATCH", "uni_leads(L1)", {"donotemail": True}, {"If-Match": "*"})
+    assert (d.method, d.url, d.body, d.headers) == ("DELETE", "uni_leads(L2)", None, None)
+    assert (c.method, c.url) == ("PATCH", "uni_leads(L3)?$select=leadid")
+    assert c.body == {"lastname": "X", "ownerid@odata.bind": "/systemusers(OWNER)"}
+    assert c.headers == {"Prefer": "return=representation"}
+    assert u.body == {"lastname": "Y"} and u.headers == {"Prefer": "return=representation"}
+    assert [b.record for b in (p, d, c, u)] == ["1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        (Operation(3, CREATE, "L3", "h", {"lastname": "X"}, url="leads(L3)?$select=leadid"), "without an owner"),
+        (
+            Operation(4, UPDATE, "L4", "h", {"ownerid@odata.bind": "/systemusers(O)"}, url="leads(L4)?$select=leadid"),
+            "only a create sets the owner",
+        ),
+        (Operation(5, UPDATE, "L5", "h", {"lastname": "Y"}), "addresses no lead"),
+        (Operation(6, UPDATE, "L6", "h", {"lastname": "Y"}, url="uni_leads(L6)"), "addresses no lead"),
+        (Operation(7, UPDATE, "L7", "h", {"lastname": "Y"}, url="leads(L8)"), "addresses no lead"),
+        (Operation(8, UPDATE, "L8", "h", {}, method="POST", url="leads(L8)"), "method 'POST'"),
+    ],
+)
+def test_a_write_the_plan_did_not_finish_is_refused(op: Operation, message: str) -> None:
+    with pytest.raises(PlanRefused, match=message) as info:
+        check_request(op, "leads")
+    assert f"applicant {op.applicant_id} ({op.action})" in str(info.value)
+
+
+def test_finished_requests_pass_the_check() -> None:
+    ops = [
+        Operation(1, CREATE, "L1", "h", {"lastname": "X"}),
+        Operation(2, ADOPT, "L2", "h", {"lastname": "Y"}, adopted=True),
+        Operation(3, ERASE, "L3", "", {}, method="DELETE"),
+        Operation(4, WITHDRAW, "L4", "", {"donotemail": True}),
+    ]
+    for op in final_requests(ops, entity_set="leads", owners=OwnerIds("O"), owner_rules={}):
+        check_request(op, "leads")
 
 
 def test_privacy_outcomes_gone_leads_count_as_done_and_failures_keep_the_reason() -> None:

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from d365.hooks.dynamics_batch import BatchOperation
-from d365.operators.load_leads import LoadLeadsOperator
-from d365.pipeline.plan import CREATE, Operation
+from d365.operators.load_leads import LoadLeadsOperator, PlanRefused
+from d365.pipeline.owners import OwnerIds
+from d365.pipeline.plan import CREATE, Operation, final_requests
 from d365.pipeline.target import LeadTarget, TargetMissing
 from d365.runtime.runfolder import RunFolder
 
@@ -44,10 +44,12 @@ class NoHook(LoadLeadsOperator):
         raise AssertionError("no hook may be built")
 
 
-def run_folder(tmp_path: Path, target: dict[str, Any] | None) -> str:
+def run_folder(tmp_path: Path, target: dict[str, Any] | None, planned_for: str = "uni_leads") -> str:
+    """A run folder whose plan holds one create addressed to ``planned_for``."""
     folder = tmp_path / "run"
     (folder / "plan").mkdir(parents=True)
-    op = Operation(1, CREATE, "0f117b19-61b6-4f98-a524-eb8943a29a03", "h", {"lastname": "X"}, set_owner=True)
+    op = Operation(1, CREATE, "0f117b19-61b6-4f98-a524-eb8943a29a03", "h", {"lastname": "X"})
+    (op,) = final_requests([op], entity_set=planned_for, owners=OwnerIds("OWNER"), owner_rules={})
     (folder / "plan" / "operations.jsonl").write_text(json.dumps(op.to_json()) + "\n")
     doc: dict[str, Any] = {"instance": "i"}
     if target is not None:
@@ -75,8 +77,18 @@ def test_the_operator_takes_the_target_from_preflight_json(tmp_path: Path) -> No
     op = LoadLeadsOperator(task_id="load", run_folder=run_folder(tmp_path, TARGET.to_json()), instance="i")
     op._resolve_target(RunFolder(op.run_folder))
     assert (op.dynamics365_conn_id, op.entity_set) == ("crm_test", "uni_leads")
-    create = Operation(1, CREATE, "L1", "h", {"lastname": "X"}, set_owner=True)
-    assert op._batch_operation(BatchOperation, create, "OWNER").url == "uni_leads(L1)?$select=leadid"
+
+
+def test_a_plan_addressed_to_another_entity_set_is_refused_before_any_hook(tmp_path: Path) -> None:
+    """The plan's URLs must address the entity set the load resolved (preflight's): else nothing is sent."""
+    NoHook.hooks = 0
+    folder = run_folder(tmp_path, TARGET.to_json(), planned_for="leads")
+    op = NoHook(task_id="load", run_folder=folder, instance="i", ledger_url=f"sqlite:///{tmp_path / 'l.db'}")
+    with pytest.raises(
+        PlanRefused, match=r"applicant 1 \(create\): the plan addresses no lead in entity set 'uni_leads'"
+    ):
+        op.execute({"run_id": "r1"})  # type: ignore[arg-type]
+    assert NoHook.hooks == 0
 
 
 @pytest.mark.parametrize(

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from d365.pipeline.identity import lead_id_for
 from d365.pipeline.ledger import LeadState, LedgerEntry
+from d365.pipeline.mapping import payload_hash
+from d365.pipeline.owners import OwnerIds
 from d365.pipeline.plan import (
     ADOPT,
     CREATE,
+    ERASE,
+    ERASED,
     NOT_SELECTED,
+    OWNER_BIND,
     UNCHANGED,
     UPDATE,
     UPDATES_OFF,
+    WITHDRAW,
     ExistingLead,
     LeadPayload,
+    Operation,
+    PlanError,
+    final_requests,
     needs_lookup,
+    owner_for_create,
     plan_operations,
     summarize,
 )
@@ -38,7 +52,7 @@ def test_unchanged_update_and_create() -> None:
     ops = by_id(plan_operations([lead(1), lead(2), lead(3)], entries, instance=INSTANCE))
     assert ops[1].action == UNCHANGED and ops[1].payload == {}
     assert (ops[2].action, ops[2].lead_id) == (UPDATE, "L2")
-    assert (ops[3].action, ops[3].lead_id, ops[3].set_owner) == (CREATE, lead_id_for(INSTANCE, 3), True)
+    assert (ops[3].action, ops[3].lead_id) == (CREATE, lead_id_for(INSTANCE, 3))
     assert ops[3].payload["firstname"] == "A3"
 
 
@@ -56,7 +70,7 @@ def test_lead_carrying_our_applicant_key_is_updated_not_duplicated() -> None:
     ops = by_id(
         plan_operations([lead(5)], {}, instance=INSTANCE, by_applicant_key={"5": ExistingLead("K5", applicant_key="5")})
     )
-    assert (ops[5].action, ops[5].lead_id, ops[5].set_owner) == (UPDATE, "K5", False)
+    assert (ops[5].action, ops[5].lead_id) == (UPDATE, "K5")
 
 
 def test_existing_lead_with_same_email_is_adopted_once() -> None:
@@ -110,3 +124,100 @@ def test_send_all_new_and_automatic_updates_switches_respect_manual_requests() -
 def test_only_unknown_applicants_need_lookups() -> None:
     entries = {1: entry(1, "L1"), 2: entry(2, None, None, LeadState.QUARANTINED)}
     assert [m.applicant_id for m in needs_lookup([lead(1), lead(2), lead(3)], entries)] == [2, 3]
+
+
+ANNA, BRUNO, EVA = "a0000000-0000-0000-0000-00000000000a", "b0000000-0000-0000-0000-00000000000b", "e000-e"
+OWNERS = OwnerIds(ANNA, [BRUNO, EVA])
+
+
+def final_plan(entries: dict[int, LedgerEntry], owner_rules: dict[int, int], **kwargs):  # type: ignore[no-untyped-def]
+    existing = {"c@example.com": [ExistingLead("ADOPTED", email="c@example.com")]}
+    mapped = [lead(1), lead(2), lead(3), lead(4, email="c@example.com"), lead(5), lead(6)]
+    ops = plan_operations(
+        mapped,
+        entries,
+        instance=INSTANCE,
+        by_applicant_key={"5": ExistingLead("K5", applicant_key="5")},
+        by_email=existing,
+        **kwargs,
+    )
+    ops += [
+        Operation(7, WITHDRAW, "L7", "", {"donotemail": True}, reason="consent withdrawn: flag"),
+        Operation(8, ERASE, "L8", "", {}, method="DELETE", reason="right to be forgotten: delete"),
+        Operation(9, ERASED, None, "", reason="right to be forgotten: no lead was sent"),
+    ]
+    return by_id(final_requests(ops, entity_set="uni_leads", owners=OWNERS, owner_rules=owner_rules))
+
+
+def test_each_write_carries_its_final_request() -> None:
+    """Method, URL (preflight's entity set + the lead id), headers and the exact body the load will send."""
+    entries = {1: entry(1, "L1", "old"), 6: entry(6, "L6", "h")}
+    ops = final_plan(entries, {2: 1, 3: 0, 1: 0, 4: 0, 5: 0})
+    create = ops[2]
+    assert (create.action, create.method) == (CREATE, "PATCH")
+    assert create.url == f"uni_leads({lead_id_for(INSTANCE, 2)})?$select=leadid"
+    assert create.headers == {"Prefer": "return=representation"}
+    assert create.payload == {"firstname": "A2", "uni_applicantid": "2", OWNER_BIND: f"/systemusers({EVA})"}
+    assert (ops[1].action, ops[1].url, ops[1].headers) == (UPDATE, "uni_leads(L1)?$select=leadid", create.headers)
+    assert (ops[4].action, ops[4].url) == (ADOPT, "uni_leads(ADOPTED)?$select=leadid")
+    assert (ops[5].action, ops[5].url) == (UPDATE, "uni_leads(K5)?$select=leadid")
+    assert (ops[7].method, ops[7].url, ops[7].headers) == ("PATCH", "uni_leads(L7)", {"If-Match": "*"})
+    assert ops[7].payload == {"donotemail": True}
+    assert (ops[8].method, ops[8].url, ops[8].headers, ops[8].payload) == ("DELETE", "uni_leads(L8)", {}, {})
+    for no_request in (ops[6], ops[9]):  # unchanged, erased: nothing to send
+        assert no_request.url is None and no_request.headers == {}
+    # the final request survives the run folder's JSON Lines unchanged
+    assert Operation.from_json(json.loads(json.dumps(create.to_json()))) == create
+
+
+def test_the_owner_is_bound_on_creates_only_never_on_updates_or_adoptions() -> None:
+    entries = {1: entry(1, "L1", "old")}
+    ops = final_plan(entries, {1: 0, 2: 1, 3: 0, 4: 0, 5: 0})  # every applicant matches a rule
+    assert {aid: op.owner_id for aid, op in ops.items() if op.action == CREATE} == {2: EVA, 3: BRUNO, 6: ANNA}
+    for op in ops.values():
+        if op.action != CREATE:
+            assert OWNER_BIND not in op.payload and op.owner_id is None, op
+    # an owner bind that reached an update's payload some other way is removed, never sent
+    stray = Operation(1, UPDATE, "L1", "h", {"lastname": "X", OWNER_BIND: f"/systemusers({EVA})"})
+    (update,) = final_requests([stray], entity_set="leads", owners=OWNERS, owner_rules={1: 1})
+    assert update.payload == {"lastname": "X"}
+
+
+def test_owner_for_create_rule_first_then_the_contact_owner_and_never_nobody() -> None:
+    assert owner_for_create(OWNERS, None, 1) == ANNA  # no rule matched: the contact owner (the one fallback)
+    assert owner_for_create(OWNERS, 1, 1) == EVA
+    with pytest.raises(PlanError, match=r"applicant 7: owner_rules\[2\] matched but preflight resolved no owner"):
+        owner_for_create(OWNERS, 2, 7)
+    with pytest.raises(PlanError, match=r"owner_rules\[0\] matched"):
+        owner_for_create(OwnerIds(ANNA, [None]), 0, 7)
+    with pytest.raises(PlanError, match="applicant 3 would be created without an owner: set contact_owner"):
+        final_requests([Operation(3, CREATE, "L3", "h", {"a": 1})], entity_set="l", owners=OwnerIds(), owner_rules={})
+
+
+def test_the_payload_hash_leaves_the_owner_out_so_an_owner_change_resends_nothing() -> None:
+    """The hash is the mapped columns' (transform); the plan binds the owner after it, so ledger rows sent under
+    another owner stay unchanged, and a new owner changes a create's body but not its hash."""
+    mapped = {"firstname": "A1", "uni_applicantid": "1"}
+    h = payload_hash(mapped)
+    first = final_requests(
+        plan_operations([LeadPayload(1, mapped, h)], {}, instance=INSTANCE),
+        entity_set="leads",
+        owners=OwnerIds(ANNA),
+        owner_rules={},
+    )[0]
+    other = final_requests(
+        plan_operations([LeadPayload(1, mapped, h)], {}, instance=INSTANCE),
+        entity_set="leads",
+        owners=OwnerIds(BRUNO),
+        owner_rules={},
+    )[0]
+    assert (first.owner_id, other.owner_id) == (ANNA, BRUNO)
+    assert first.payload_hash == other.payload_hash == h != payload_hash(first.payload)
+    # next run, owner changed in the settings: the lead the ledger holds with that hash is left alone
+    (again,) = final_requests(
+        plan_operations([LeadPayload(1, mapped, h)], {1: entry(1, first.lead_id, h)}, instance=INSTANCE),
+        entity_set="leads",
+        owners=OwnerIds(BRUNO),
+        owner_rules={},
+    )
+    assert (again.action, again.url, again.payload) == (UNCHANGED, None, {})
