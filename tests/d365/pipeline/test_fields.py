@@ -11,7 +11,7 @@ from typing import Any, get_args
 
 import pytest
 
-from d365.pipeline import extract, fields, mapping, privacy, quality, settings
+from d365.pipeline import extract_normalise, fields, mapping, privacy, quality, settings
 from d365.pipeline.extract import normalise_applicant, normalise_application
 from d365.pipeline.fields import (
     APPLICANT_FIELDS,
@@ -112,7 +112,7 @@ def test_the_registry_is_the_only_list_every_module_reads() -> None:
     assert settings.SOURCE_FIELDS is SOURCE_FIELDS and list(SOURCE_FIELDS) == names
     assert settings.QUALITY_FIELDS is QUALITY_FIELDS
     assert {f.name: f.get for f in REGISTRY} == SOURCE_GETTERS
-    assert extract.APPLICANT_FIELDS is fields.APPLICANT_FIELDS
+    assert extract_normalise.APPLICANT_FIELDS is fields.APPLICANT_FIELDS
     assert quality.TEXT_FIELDS == checked_fields("text") == tuple(k for k in QUALITY_FIELDS if QUALITY_FIELDS[k])
     assert personal_sources() == privacy.PERSONAL_SOURCES
     # the length checks read raw record values: only fields sent as they are (kind text) qualify
@@ -150,13 +150,13 @@ def test_a_field_added_to_the_registry_is_read_by_the_extract(monkeypatch: pytes
         "notes",
         "notes",
     )
-    monkeypatch.setattr(extract, "APPLICANT_FIELDS", (*APPLICANT_FIELDS, notes))
+    monkeypatch.setattr(extract_normalise, "APPLICANT_FIELDS", (*APPLICANT_FIELDS, notes))
     wire = sample_wire() | {"notes": "prefers e-mail"}
     record = normalise_applicant(wire, CATALOG, [], "new")
     assert record["notes"] == "prefers e-mail"  # type: ignore[typeddict-item]
     deep = dataclasses.replace(notes, name="applicant.name.parent.given", wire="name.parent.given")
     with pytest.raises(ValueError, match="deeper than one object"):
-        extract._wire_plan((*APPLICANT_FIELDS, deep))
+        extract_normalise._wire_plan((*APPLICANT_FIELDS, deep))
     malformed = normalise_applicant({"id": "x"}, CATALOG, [], "new", key_id=5)
     assert malformed["notes"] is None and malformed["malformed"]  # type: ignore[typeddict-item]
 
