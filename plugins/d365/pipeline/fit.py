@@ -8,6 +8,9 @@
   the attribute (the preflight task fails fast with them). ``mapping_warnings`` lists softer problems.
 * ``fit_value(spec, value, policy)``: one value → the JSON the Web API expects, or an issue. Never raises.
 
+The schema types live in :mod:`d365.pipeline.fit_schema`, the preflight check in :mod:`d365.pipeline.fit_check`;
+both are exported from here too.
+
 The per-value policy (documented in docs/settings.md):
 
 ==================  ==============================================================================
@@ -43,172 +46,57 @@ reports and the ledger, which carry applicant IDs and reasons, never names, e-ma
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from d365.pipeline.fit_check import check_mapping, mapping_warnings, output_kind
+from d365.pipeline.fit_schema import (
+    INT_BOUNDS,
+    INT_TYPES,
+    MIN_DATETIME_YEAR,
+    NUMBER_TYPES,
+    SANDBOX_METADATA,
+    TEXT_TYPES,
+    AttributeSpec,
+    FitPolicy,
+    LeadSchema,
+    _options_hint,
+    normalize_label,
+    spec_from_metadata,
+)
 from d365.pipeline.lead_stage import iso_utc, parse_instant
 
-if TYPE_CHECKING:
-    from d365.pipeline.settings import FieldMapping, Settings
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-SANDBOX_METADATA = (
-    REPO_ROOT / "sandbox" / "dataverse" / "lead-attributes.json",
-    REPO_ROOT / "sandbox" / "dataverse" / "custom-columns.json",
-)
-
-TEXT_TYPES = frozenset({"String", "Memo"})
-INT_TYPES = frozenset({"Integer", "BigInt"})
-NUMBER_TYPES = frozenset({"Double", "Decimal", "Money"})
-INT_BOUNDS = {"Integer": (-(2**31), 2**31 - 1), "BigInt": (-(2**63), 2**63 - 1)}
-MIN_DATETIME_YEAR = 1753  # Dataverse DateTime columns start at 1753-01-01
+# the public names, those of fit_schema and fit_check included (importers keep reading them from here)
+__all__ = [
+    "MIN_DATETIME_YEAR",
+    "SANDBOX_METADATA",
+    "TEXT_TYPES",
+    "Action",
+    "AttributeSpec",
+    "FitIssue",
+    "FitPolicy",
+    "LeadSchema",
+    "check_mapping",
+    "cut_utf16",
+    "describe_value",
+    "fit_value",
+    "format_temporal",
+    "is_date_only_value",
+    "mapping_warnings",
+    "normalize_label",
+    "output_kind",
+    "spec_from_metadata",
+    "utf16_len",
+]
 
 Action = Literal["sent", "truncated", "dropped", "quarantine", "needs_option"]
-
-
-# --------------------------------------------------------------------------------------------------
-# schema
-# --------------------------------------------------------------------------------------------------
-
-
-def normalize_label(text: str) -> str:
-    """Case-, accent- and spacing-insensitive form of an option label ("fall SEMESTER" == "Fall semester")."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return " ".join(stripped.casefold().split())
-
-
-@dataclass(frozen=True, eq=False)
-class AttributeSpec:
-    """What the mapping needs to know about one lead column."""
-
-    logical_name: str
-    type: str  # AttributeType: String, Memo, Picklist, Boolean, DateTime, Integer, Lookup, ...
-    max_length: int | None = None
-    valid_for_create: bool = True
-    valid_for_update: bool = True
-    options: dict[int, str] | None = None
-    format: str | None = None  # String: Text, Email, Phone, Url, ...; DateTime: DateOnly, DateAndTime
-    date_behavior: str | None = None  # UserLocal, DateOnly, TimeZoneIndependent
-    required_level: str | None = None
-    min_value: float | None = None
-    max_value: float | None = None
-    _label_index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        index: dict[str, int] = {}
-        for value, label in (self.options or {}).items():
-            if isinstance(label, str):
-                index.setdefault(normalize_label(label), value)
-        object.__setattr__(self, "_label_index", index)
-
-    @property
-    def is_date_only(self) -> bool:
-        return self.format == "DateOnly" or self.date_behavior == "DateOnly"
-
-    def option_for(self, label: str) -> int | None:
-        return self._label_index.get(normalize_label(label))
-
-
-def _label_text(label: Any) -> str | None:
-    if isinstance(label, str):
-        return label
-    if isinstance(label, Mapping):
-        user = label.get("UserLocalizedLabel")
-        if isinstance(user, Mapping) and isinstance(user.get("Label"), str):
-            return user["Label"]
-        for item in label.get("LocalizedLabels") or []:
-            if isinstance(item, Mapping) and isinstance(item.get("Label"), str):
-                return item["Label"]
-    return None
-
-
-def _value_of(item: Any) -> Any:
-    return item.get("Value") if isinstance(item, Mapping) else item
-
-
-def spec_from_metadata(item: Mapping[str, Any]) -> AttributeSpec:
-    """One attribute from the sandbox's flat JSON or a Web API AttributeMetadata item."""
-    kind = item.get("Type") or item.get("AttributeType") or _value_of(item.get("AttributeTypeName")) or ""
-    if isinstance(kind, str) and kind.endswith("Type") and kind not in ("EntityType",):
-        kind = kind[: -len("Type")]
-    raw_options = item.get("Options")
-    option_set = item.get("OptionSet")
-    if raw_options is None and isinstance(option_set, Mapping):
-        raw_options = option_set.get("Options")
-    options: dict[int, str] | None = None
-    if isinstance(raw_options, list):
-        options = {}
-        for opt in raw_options:
-            if isinstance(opt, Mapping) and isinstance(opt.get("Value"), int):
-                options[opt["Value"]] = _label_text(opt.get("Label")) or str(opt["Value"])
-    fmt = item.get("Format") or _value_of(item.get("FormatName"))
-    return AttributeSpec(
-        logical_name=str(item["LogicalName"]),
-        type=str(kind),
-        max_length=item.get("MaxLength") if isinstance(item.get("MaxLength"), int) else None,
-        valid_for_create=bool(item.get("IsValidForCreate", True)),
-        valid_for_update=bool(item.get("IsValidForUpdate", True)),
-        options=options,
-        format=fmt if isinstance(fmt, str) else None,
-        date_behavior=_value_of(item.get("DateTimeBehavior")),
-        required_level=_value_of(item.get("RequiredLevel")),
-        min_value=item.get("MinValue") if isinstance(item.get("MinValue"), int | float) else None,
-        max_value=item.get("MaxValue") if isinstance(item.get("MaxValue"), int | float) else None,
-    )
-
-
-class LeadSchema(dict[str, AttributeSpec]):
-    """``{logical_name: AttributeSpec}`` for the lead table, plus its alternate keys."""
-
-    def __init__(
-        self,
-        specs: Iterable[AttributeSpec] = (),
-        *,
-        entity: str = "lead",
-        alternate_keys: Iterable[Iterable[str]] = (),
-    ) -> None:
-        super().__init__((s.logical_name, s) for s in specs)
-        self.entity = entity
-        self.alternate_keys: tuple[tuple[str, ...], ...] = tuple(tuple(k) for k in alternate_keys)
-
-    @classmethod
-    def from_metadata_json(cls, *sources: str | Path | Mapping[str, Any] | list[Any]) -> LeadSchema:
-        """Merge attribute lists from files or parsed JSON: ``{"attributes": [...]}`` (sandbox files),
-        ``{"value": [...]}`` (a Web API collection) or a bare list. Later sources override earlier ones.
-        Without arguments: the sandbox's lead-attributes.json + custom-columns.json."""
-        specs: dict[str, AttributeSpec] = {}
-        keys: list[tuple[str, ...]] = []
-        entity = "lead"
-        for source in sources or SANDBOX_METADATA:
-            data: Any = source
-            if isinstance(source, str | Path):
-                data = json.loads(Path(source).read_text(encoding="utf-8"))
-            if isinstance(data, Mapping):
-                ent = data.get("entity")
-                if isinstance(ent, Mapping) and isinstance(ent.get("LogicalName"), str):
-                    entity = ent["LogicalName"]
-                for key in data.get("alternate_keys") or data.get("Keys") or []:
-                    if isinstance(key, Mapping) and isinstance(key.get("KeyAttributes"), list):
-                        keys.append(tuple(key["KeyAttributes"]))
-                items = data.get("attributes") or data.get("Attributes") or data.get("value") or []
-            else:
-                items = data
-            for item in items:
-                if isinstance(item, Mapping) and item.get("LogicalName"):
-                    spec = spec_from_metadata(item)
-                    specs[spec.logical_name] = spec
-        return cls(specs.values(), entity=entity, alternate_keys=keys)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,20 +118,6 @@ class FitIssue:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class FitPolicy:
-    too_long: Literal["truncate", "quarantine"] = "truncate"
-    picklist: bool = False
-    on_missing_option: Literal["quarantine", "add", "ignore"] = "quarantine"
-    add_allowlist: tuple[str, ...] = ()
-    date_format: Literal["date", "date_local", "datetime_utc"] | None = None
-    timezone: str = "UTC"
-
-    def may_add(self, label: str) -> bool:
-        allowed = {normalize_label(a) for a in self.add_allowlist}
-        return "*" in allowed or normalize_label(label) in allowed
 
 
 _BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
@@ -389,12 +263,6 @@ def _fit_text(spec: AttributeSpec, value: Any, policy: FitPolicy) -> tuple[Any, 
     return text, issue
 
 
-def _options_hint(spec: AttributeSpec) -> str:
-    labels = list((spec.options or {}).values())
-    shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
-    return f" (options: {shown})" if labels else " (the column has no options)"
-
-
 def _fit_picklist(spec: AttributeSpec, value: Any, policy: FitPolicy) -> tuple[Any, FitIssue | None]:
     name = spec.logical_name
     options = spec.options or {}
@@ -482,208 +350,3 @@ def fit_value(spec: AttributeSpec, value: Any, policy: FitPolicy | None = None) 
         return None, _wrong(spec.logical_name, value, f"columns of type {kind or 'unknown'} cannot be mapped")
     except Exception as exc:  # never raise on data
         return None, FitIssue(spec.logical_name, "error", f"could not fit value: {type(exc).__name__}", "quarantine")
-
-
-# --------------------------------------------------------------------------------------------------
-# preflight
-# --------------------------------------------------------------------------------------------------
-
-# what a column type accepts, by the output kind of a mapping entry
-_ACCEPTS: dict[str, set[str]] = {
-    "String": {"text", "int", "float", "date", "datetime", "list"},
-    "Memo": {"text", "int", "float", "date", "datetime", "list"},
-    "Boolean": {"bool"},
-    "DateTime": {"date", "datetime"},
-    "Integer": {"int"},
-    "BigInt": {"int"},
-    "Double": {"int", "float"},
-    "Decimal": {"int", "float"},
-    "Money": {"int", "float"},
-    "Picklist": {"int"},
-}
-_KIND_WORDS = {
-    "text": "text",
-    "int": "a whole number",
-    "float": "a number",
-    "bool": "a yes/no value",
-    "date": "a date",
-    "datetime": "a date/time",
-    "list": "a list",
-}
-
-
-def _scalar_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    return "text"
-
-
-def output_kind(entry: FieldMapping) -> str:
-    """The kind of value a mapping entry produces: text, int, float, bool, date, datetime, list, null, mixed."""
-    from d365.pipeline.settings import SOURCE_FIELDS
-
-    if entry.value_map is not None:
-        kinds = {_scalar_kind(v) for v in entry.value_map.values()} - {"null"}
-        if "default" in entry.model_fields_set:
-            kinds |= {_scalar_kind(entry.default)} - {"null"}
-        return kinds.pop() if len(kinds) == 1 else ("null" if not kinds else "mixed")
-    if entry.form == "constant":
-        return _scalar_kind(entry.constant)
-    if entry.form == "template":
-        return "text"
-    kind = SOURCE_FIELDS[entry.source or ""].kind
-    if entry.format == "text" or kind in ("phone", "country"):
-        return "text"
-    if kind == "list":
-        return "list"
-    if entry.format in ("date", "date_local"):
-        return "date"
-    if entry.format == "datetime_utc":
-        return "datetime"
-    return kind
-
-
-def _labels_to_check(entry: FieldMapping) -> list[str]:
-    labels: list[Any] = []
-    if entry.form == "constant":
-        labels.append(entry.constant)
-    if entry.value_map is not None:
-        labels.extend(entry.value_map.values())
-    if "default" in entry.model_fields_set:
-        labels.append(entry.default)
-    return [v for v in labels if isinstance(v, str)]
-
-
-def _close_attr(name: str, schema: Mapping[str, AttributeSpec]) -> str:
-    match = difflib.get_close_matches(name, list(schema), n=1, cutoff=0.7)
-    return f"; did you mean {match[0]!r}?" if match else ""
-
-
-def _check_identity_column(role: str, column: str, schema: Mapping[str, AttributeSpec]) -> list[str]:
-    spec = schema.get(column)
-    if spec is None:
-        return [f"dynamics.{role}: the lead has no attribute {column!r}{_close_attr(column, schema)}"]
-    if spec.type != "String":
-        return [f"dynamics.{role}: attribute {column!r} is {spec.type}, a text column is needed"]
-    if not (spec.valid_for_create and spec.valid_for_update):
-        return [f"dynamics.{role}: attribute {column!r} is not writable"]
-    return []
-
-
-def check_mapping(settings: Settings, schema: Mapping[str, AttributeSpec]) -> list[str]:
-    """Configuration errors against the live lead schema; each line names the attribute. Empty = fit."""
-    errors: list[str] = []
-    entity = getattr(schema, "entity", settings.dynamics.entity)
-    if settings.dynamics.entity != entity:
-        errors.append(f"dynamics.entity: settings name {settings.dynamics.entity!r} but the schema is {entity!r}")
-    for attr, entry in settings.data_mapping.items():
-        where = f"data_mapping.{attr}"
-        spec = schema.get(attr)
-        if spec is None:
-            errors.append(f"{where}: the {entity} table has no attribute {attr!r}{_close_attr(attr, schema)}")
-            continue
-        if not spec.valid_for_create:
-            errors.append(f"{where}: attribute {attr!r} is not valid for create")
-        if not spec.valid_for_update:
-            errors.append(f"{where}: attribute {attr!r} is not valid for update (the load writes by upsert)")
-        kind = output_kind(entry)
-        if entry.picklist and spec.type != "Picklist":
-            errors.append(f"{where}: 'picklist: true' but attribute {attr!r} is {spec.type}, not a Picklist")
-            continue
-        if entry.format == "e164" and spec.type not in TEXT_TYPES:
-            errors.append(f"{where}: format e164 needs a text column, attribute {attr!r} is {spec.type}")
-            continue
-        if spec.type == "Picklist":
-            if entry.picklist:
-                if kind not in ("text", "int", "null"):
-                    errors.append(f"{where}: {_KIND_WORDS.get(kind, kind)} cannot go into Picklist {attr!r}")
-                for label in _labels_to_check(entry):
-                    if spec.option_for(label) is None and not (
-                        entry.on_missing_option == "add" and FitPolicy(add_allowlist=entry.add_allowlist).may_add(label)
-                    ):
-                        errors.append(f"{where}: Picklist {attr!r} has no option {label!r}{_options_hint(spec)}")
-            elif kind not in ("int", "null"):
-                errors.append(
-                    f"{where}: attribute {attr!r} is a Picklist; {_KIND_WORDS.get(kind, kind)} needs 'picklist: true'"
-                    " (match option labels) or an int option value"
-                )
-            constant = entry.constant if entry.form == "constant" else None
-            if isinstance(constant, int) and not isinstance(constant, bool) and constant not in (spec.options or {}):
-                errors.append(f"{where}: {entry.constant} is not an option of Picklist {attr!r}")
-            continue
-        accepts = _ACCEPTS.get(spec.type)
-        if accepts is None:
-            errors.append(f"{where}: attribute {attr!r} is of type {spec.type}, which the mapping cannot write")
-            continue
-        if kind == "mixed":
-            errors.append(f"{where}: value_map mixes value types; attribute {attr!r} is {spec.type}")
-        elif kind != "null" and kind not in accepts:
-            errors.append(f"{where}: {_KIND_WORDS.get(kind, kind)} cannot go into {spec.type} attribute {attr!r}")
-    if settings.dynamics.alternate_key:
-        errors += _check_identity_column("alternate_key", settings.dynamics.alternate_key, schema)
-        keys = getattr(schema, "alternate_keys", ())
-        if keys and not any(k == (settings.dynamics.alternate_key,) for k in keys):
-            errors.append(
-                f"dynamics.alternate_key: no alternate key on {settings.dynamics.alternate_key!r} alone "
-                f"(keys: {', '.join('+'.join(k) for k in keys)})"
-            )
-    if settings.dynamics.instance_column:
-        errors += _check_identity_column("instance_column", settings.dynamics.instance_column, schema)
-    if settings.dedupe.adopt_existing_by_email:
-        column = settings.dedupe.email_column
-        spec = schema.get(column)
-        if spec is None or spec.type != "String":
-            errors.append(f"dedupe.email_column: {column!r} is not a text attribute of the {entity} table")
-    errors += _check_privacy_columns(settings, schema, entity)
-    return errors
-
-
-def _check_privacy_columns(settings: Settings, schema: Mapping[str, AttributeSpec], entity: str) -> list[str]:
-    """The columns consent withdrawal and erasure write: the withdrawal flags (Boolean, updatable) when an
-    action flags, the state and status when withdrawal deactivates."""
-    errors: list[str] = []
-    if "flag" in (settings.consent.on_withdrawal, settings.erasure.action):
-        for column in settings.consent.withdrawal_flags:
-            spec = schema.get(column)
-            where = "consent.withdrawal_flags"
-            if spec is None:
-                errors.append(f"{where}: the {entity} table has no attribute {column!r}{_close_attr(column, schema)}")
-            elif spec.type != "Boolean":
-                errors.append(f"{where}: attribute {column!r} is {spec.type}, a Boolean column is needed")
-            elif not spec.valid_for_update:
-                errors.append(f"{where}: attribute {column!r} is not valid for update")
-    if settings.consent.on_withdrawal == "deactivate":
-        for column in ("statecode", "statuscode"):
-            spec = schema.get(column)
-            if spec is None or not spec.valid_for_update:
-                errors.append(f"consent.on_withdrawal: deactivate needs an updatable {column!r} on the {entity} table")
-    return errors
-
-
-def mapping_warnings(settings: Settings, schema: Mapping[str, AttributeSpec]) -> list[str]:
-    """Softer problems worth a log line: ApplicationRequired columns left unmapped, DateTime columns whose
-    DateOnly-ness is unknown, dedupe without a mapped e-mail column."""
-    warnings: list[str] = []
-    mapped = set(settings.data_mapping)
-    mapped |= {c for c in (settings.dynamics.alternate_key, settings.dynamics.instance_column) if c}
-    for name, spec in schema.items():
-        writable = spec.type in _ACCEPTS
-        if spec.required_level == "ApplicationRequired" and spec.valid_for_create and name not in mapped and writable:
-            warnings.append(f"{name}: the {spec.type} column is ApplicationRequired but not mapped")
-    for name in settings.data_mapping:
-        spec = schema.get(name)
-        if spec is not None and spec.type == "DateTime" and spec.format is None and spec.date_behavior is None:
-            warnings.append(
-                f"{name}: the metadata gives no Format/DateTimeBehavior; values are sent as date and time "
-                "(a DateOnly column needs YYYY-MM-DD: read DateTimeAttributeMetadata)"
-            )
-    if settings.dedupe.adopt_existing_by_email and settings.dedupe.email_column not in mapped:
-        column = settings.dedupe.email_column
-        warnings.append(f"dedupe.email_column: {column!r} is not mapped; adopt-by-email finds nothing")
-    return warnings
