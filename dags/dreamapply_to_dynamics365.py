@@ -54,7 +54,7 @@ DYNAMICS_POOL = "dynamics365_api"
 
 
 def _run_context() -> Any:
-    from d365.steps import RunContext
+    from d365.tasks.context import RunContext
 
     ctx = get_current_context()
     dag_run = ctx["dag_run"]
@@ -117,8 +117,8 @@ def _run_context() -> Any:
 def dreamapply_to_dynamics365() -> None:
     @task(pool=DYNAMICS_POOL)
     def preflight() -> dict[str, Any]:
-        from d365.steps import RunContext, timed
-        from d365.steps import preflight as run
+        from d365.tasks.context import RunContext, timed
+        from d365.tasks.preflight import preflight as run
 
         ctx = get_current_context()
         return timed(RunContext.create(DAG_ID, ctx["dag_run"].run_id, ctx["params"]), "preflight", run)
@@ -126,7 +126,7 @@ def dreamapply_to_dynamics365() -> None:
     @task.sensor(mode="reschedule", poke_interval=poke_seconds(), timeout=wait_seconds() + 2 * poke_seconds())
     def lock() -> PokeReturnValue:
         """One sync at a time per DreamApply instance: wait while another run holds the lock (d365.pipeline.lock)."""
-        from d365.steps import lock_step
+        from d365.tasks.lock import lock_step
 
         timeout = get_current_context()["dag"].dagrun_timeout
         doc = lock_step(_run_context(), dagrun_timeout=timeout.total_seconds() if timeout else None)
@@ -134,19 +134,22 @@ def dreamapply_to_dynamics365() -> None:
 
     @task(pool=DREAMAPPLY_POOL)
     def extract() -> dict[str, Any]:
-        from d365.steps import extract_step, timed
+        from d365.tasks.context import timed
+        from d365.tasks.extract import extract_step
 
         return timed(_run_context(), "extract", extract_step)
 
     @task
     def transform() -> dict[str, Any]:
-        from d365.steps import timed, transform_step
+        from d365.tasks.context import timed
+        from d365.tasks.transform import transform_step
 
         return timed(_run_context(), "transform", transform_step)
 
     @task(pool=DYNAMICS_POOL)
     def plan() -> dict[str, Any]:
-        from d365.steps import plan_step, timed
+        from d365.tasks.context import timed
+        from d365.tasks.plan import plan_step
 
         return timed(_run_context(), "plan", plan_step)
 
@@ -170,13 +173,15 @@ def dreamapply_to_dynamics365() -> None:
 
     @task
     def commit() -> dict[str, Any]:
-        from d365.steps import commit_step, timed
+        from d365.tasks.commit import commit_step
+        from d365.tasks.context import timed
 
         return timed(_run_context(), "commit", commit_step)
 
     @task(trigger_rule="all_done")
     def report() -> dict[str, Any]:
-        from d365.steps import release_lock, report_step, timed
+        from d365.tasks.context import release_lock, timed
+        from d365.tasks.report import report_step
 
         rc = _run_context()
         try:

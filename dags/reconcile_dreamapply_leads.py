@@ -29,12 +29,12 @@ from typing import Any
 from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from d365.pipeline.runfiles import RECONCILE_REPORT, RETENTION_REPORT
 from d365.timeouts import dagrun_timeout, task_timeout
 
 DAG_ID = "reconcile_dreamapply_leads"
 DYNAMICS_POOL = "dynamics365_api"
-REPORT = "reconcile.json"
-RETENTION_REPORT = "retention.json"
+REPORT = RECONCILE_REPORT  # run files: d365.pipeline.runfiles
 
 
 @dag(

@@ -43,7 +43,7 @@ def test_every_contract_holds_in_this_tree() -> None:
 
 
 def test_no_contract_lists_an_exception() -> None:
-    """The pipeline's Airflow imports and the notifications/pause/steps cycles are gone, not ignored."""
+    """The pipeline's Airflow imports and the notifications/pause/task-layer cycles are gone, not ignored."""
     contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     assert {c["name"] for c in contracts} == set(CONTRACT_NAMES.values())
     assert [c["name"] for c in contracts if c.get("ignore_imports")] == []
@@ -64,9 +64,10 @@ def tree(tmp_path: Path) -> Path:
     [
         ("d365/pipeline/extract.py", "import sandbox.client", "independent"),
         ("sandbox/zz_probe.py", "import d365.hooks.errors", "independent"),
-        ("d365/hooks/zz_probe.py", "import d365.steps", "hooks"),
+        ("d365/hooks/zz_probe.py", "import d365.tasks.plan", "hooks"),
         ("d365/pipeline/zz_probe.py", "import dreamapply_to_dynamics365", "pipeline"),
         ("d365/pipeline/zz_probe.py", "import d365.operators.load_leads", "pipeline"),
+        ("d365/pipeline/zz_probe.py", "import d365.tasks.context", "pipeline"),  # tasks import the pipeline only
         ("d365/hooks/zz_probe.py", "import d365.runtime.runfolder", "hooks"),
         ("d365/pipeline/zz_probe.py", "import d365.runtime.runfolder", "pipeline"),
         ("d365/pipeline/digest.py", "from d365.notifications import send_mail", "pipeline"),  # was an exception
@@ -78,10 +79,10 @@ def tree(tmp_path: Path) -> Path:
         ("d365/pipeline/report.py", "import airflow.models.dagrun", "airflow"),
         ("d365/pipeline/zz_run_note.py", "from airflow.sdk import Connection", "airflow"),
         ("d365/pipeline/records.py", "import d365.pipeline.extract", "cycles"),  # extract imports records
-        # the cycles that were exceptions: pause -> notifications, steps -> errors, steps -> pause
+        # the cycles that were exceptions: pause -> notifications, tasks -> errors, tasks -> pause
         ("d365/notifications.py", "import d365.pause", "cycles"),
-        ("d365/errors.py", "import d365.steps", "cycles"),
-        ("d365/pause.py", "import d365.steps", "cycles"),
+        ("d365/errors.py", "import d365.tasks.preflight", "cycles"),
+        ("d365/pause.py", "import d365.tasks.preflight", "cycles"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(tree: Path, module: str, statement: str, contract: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from smtp_sink import SmtpSink, smtp_sink  # noqa: F401 - the fixture
 
+from d365.errors import PreflightError, PreflightUnavailable
 from d365.hooks.errors import (
     DreamApplyAuthError,
     DynamicsAuthError,
@@ -19,7 +20,6 @@ from d365.hooks.errors import (
 from d365.pause import IntegrationPaused, PauseStore, failures_table, is_irrecoverable, main, preflight_guard
 from d365.pause import record_irrecoverable as record
 from d365.pipeline.settings import parse_settings
-from d365.steps import PreflightError, PreflightUnavailable
 
 
 def settings(n: int = 2, **pause: object):  # type: ignore[no-untyped-def]

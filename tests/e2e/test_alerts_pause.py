@@ -20,10 +20,12 @@ import yaml
 from e2e.helpers import personal_patterns, raw_applicants
 from smtp_sink import SmtpSink, smtp_sink  # noqa: F401 - the fixture
 
+from d365.errors import PreflightError
 from d365.pause import IntegrationPaused, PauseStore
 from d365.pause import main as pause_cli
 from d365.pipeline.settings import REPO_SETTINGS, load_settings
-from d365.steps import PreflightError, RunContext, preflight
+from d365.tasks.context import RunContext
+from d365.tasks.preflight import preflight
 
 DAG_ID = "dreamapply_to_dynamics365"
 CONTACT = "crm-integration@university.example"

@@ -1,6 +1,6 @@
 """The preflight task stops a misconfigured sync before any extract or write, and says what is wrong.
 
-Messages come from the step itself (``steps.preflight`` run directly against a private sandbox); one
+Messages come from the task itself (``d365.tasks.preflight`` run directly against a private sandbox); one
 whole-DAG run shows the run failing at preflight with DreamApply never asked and no lead written.
 """
 
@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
+from d365.errors import PreflightError
 from d365.pipeline.settings import REPO_SETTINGS, load_settings
-from d365.steps import PreflightError, RunContext, preflight
+from d365.tasks.context import RunContext
+from d365.tasks.preflight import preflight
 
 DAG_ID = "dreamapply_to_dynamics365"
 

@@ -43,17 +43,20 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
+from d365.pipeline import runfiles
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
 from d365.pipeline.plan import ADOPT, CREATE, ERASE, OWNER_BIND, PRIVACY_WRITES, WITHDRAW, WRITES, Operation
 from d365.pipeline.privacy import redact
 from d365.pipeline.target import LeadTarget, TargetMissing
 from d365.runtime.runfolder import RunFolder
 
-PLAN_FILE = "plan/operations.jsonl"
-RESULTS_FILE = "load/results.jsonl"
-STATS_FILE = "load/stats.json"
-PREFLIGHT_FILE = "preflight.json"  # its ``target``: where preflight looked
-LOCK_FILE = "lock.json"  # the run's sync lock (``d365.steps.lock_step``): its generation versions the ledger writes
+# run files (d365.pipeline.runfiles): preflight's ``target`` is where preflight looked; the run's sync lock
+# (``d365.tasks.lock.lock_step``) has the generation that versions the ledger writes
+PLAN_FILE = runfiles.PLAN_OPERATIONS
+RESULTS_FILE = runfiles.LOAD_RESULTS
+STATS_FILE = runfiles.LOAD_STATS
+PREFLIGHT_FILE = runfiles.PREFLIGHT
+LOCK_FILE = runfiles.LOCK
 LOCK_RENEW_SECONDS = 30.0  # the lock is renewed (and checked) at most this often while batches complete
 # Plan operations checked against the ledger at a time (bounds memory while streaming the plan).
 PLAN_SLICE = 5000

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from d365.pipeline.triage import QUALITY_SUMMARY_JSON
+from d365.pipeline.runfiles import QUALITY_SUMMARY_JSON
 
 # The order in which outcomes are shown; every applicant of a run lands in exactly one of these.
 # ``erased`` applicants are not in the extract (DreamApply purged them): ``accounted_for`` is the extract

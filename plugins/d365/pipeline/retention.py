@@ -10,7 +10,8 @@ existed, or by hand) is dated by its oldest file's modification time: the scrub 
 erased applicant, so at least ``preflight.json`` keeps the run's own time.
 
 * older than ``retention.personal_days`` (default 14): every file that may hold personal data is deleted —
-  everything **not** in ``REPORT_FILES`` (extracts, transform and plan payloads, load results, quarantine rows,
+  everything **not** in ``REPORT_FILES`` (derived from ``d365.pipeline.runfiles``, where each run file is
+  declared once: extracts, transform and plan payloads, load results, quarantine rows,
   the Great Expectations result, any file a later version adds: unknown files count as personal);
 * older than ``retention.report_days`` (default 400): the whole folder is deleted, reports included.
 
@@ -27,34 +28,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from d365.pipeline.runfiles import REPORT_FILES, RUN_MARKER
 from d365.pipeline.runfolder import StoragePath
 
 log = logging.getLogger(__name__)
 
-RUN_MARKER = "run.json"  # {"created_at": ISO UTC, "dag_id", "run_id"}: the run's age, whatever a scrub rewrites
-# Files (relative to the run folder) without personal data: kept until ``report_days``.
-REPORT_FILES = frozenset(
-    {
-        RUN_MARKER,
-        "preflight.json",  # lead-table metadata, owner GUIDs, instance
-        "timings.jsonl",  # step durations
-        "report.json",  # counts, applicant ids with error codes and reasons
-        "reconcile.json",  # reconciliation: applicant and lead ids per kind of drift
-        "retention.json",  # what the retention sweep deleted (folder names and counts)
-        "extract/meta.json",  # cursors, counts, requested and erased applicant ids
-        "extract/catalog.json",  # DreamApply's courses, terms, consents
-        "plan/meta.json",  # counts, owner GUIDs, picklist options
-        "plan/dry_run.json",  # a dry run's plan: counts, owners, applicant ids
-        "load/stats.json",  # request, retry and throttle counters
-        "commit/privacy.json",  # erasure counts and failures (applicant ids, error codes)
-        "plan/parked.json",  # parked applicant ids this run held back
-        "commit/parked.json",  # applicant ids parked by this run, error codes, how many are parked now
-        "lock.json",  # the sync lock this run held: generation, ttl, waits
-        "lock/waits.jsonl",  # run ids of the lock holders this run waited for
-        "quality/summary.md",  # counts per check, field and reason
-        "quality/summary.json",
-    }
-)
+# ``RUN_MARKER`` ({"created_at": ISO UTC, "dag_id", "run_id"}) dates the run whatever a scrub rewrites;
+# ``REPORT_FILES`` (no personal data: kept until ``report_days``) are derived from the run-file registry.
 
 
 @dataclass

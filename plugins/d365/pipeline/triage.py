@@ -45,13 +45,14 @@ from typing import Any
 from d365.pipeline.fit import AttributeSpec
 from d365.pipeline.ledger import LeadState
 from d365.pipeline.quality import QualityResult, summary_markdown, validate_applicants
+from d365.pipeline.runfiles import (
+    QUALITY_FIELD_ISSUES,
+    QUALITY_GX_RESULT,
+    QUALITY_QUARANTINE,
+    QUALITY_SUMMARY,
+    QUALITY_SUMMARY_JSON,
+)
 from d365.pipeline.settings import Settings
-
-QUALITY_QUARANTINE = "quality/quarantine.jsonl"
-QUALITY_GX_RESULT = "quality/gx_result.json"
-QUALITY_SUMMARY = "quality/summary.md"
-QUALITY_SUMMARY_JSON = "quality/summary.json"
-QUALITY_FIELD_ISSUES = "quality/field_issues.jsonl"
 
 # fit issue codes whose message holds no value (sizes, "no value") and may be shown in a reason
 _SAFE_MESSAGES = frozenset({"too_long", "empty", "unknown_attribute", "error"})

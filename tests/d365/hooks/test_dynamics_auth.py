@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from d365.errors import PreflightUnavailable
 from d365.hooks.dreamapply import DreamApplyHook
 from d365.hooks.dynamics import DynamicsConnectionSettings, DynamicsHook
 from d365.hooks.dynamics_auth import (
@@ -27,7 +28,8 @@ from d365.hooks.dynamics_auth import (
     parse_bearer_challenge,
 )
 from d365.hooks.errors import DreamApplyAuthError, DynamicsAuthError
-from d365.steps import PreflightUnavailable, RunContext, _preflight_api_failure, preflight
+from d365.tasks.context import RunContext
+from d365.tasks.preflight import _preflight_api_failure, preflight
 from sandbox import Sandbox
 from sandbox.client import SandboxClient, airflow_connections
 

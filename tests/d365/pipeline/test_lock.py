@@ -1,4 +1,4 @@
-"""The sync lock as the steps use it: wait, give up naming the holder, renew, lose it, release; the command."""
+"""The sync lock as the tasks use it: wait, give up naming the holder, renew, lose it, release; the command."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from d365 import steps
 from d365.pipeline import lock
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, LockLost
+from d365.pipeline.runfiles import EXTRACT_META, LOCK, LOCK_WAITS, PREFLIGHT, TRANSFORM_OUTCOMES
+from d365.tasks.commit import commit_step
+from d365.tasks.context import RunContext, release_lock
+from d365.tasks.lock import lock_step
 
 INSTANCE = "apply.example.edu"
 
@@ -21,11 +24,11 @@ def ledger_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
-def run_context(tmp_path: Path, ledger_url: str, run_id: str, *, require_lock: bool = True) -> steps.RunContext:
+def run_context(tmp_path: Path, ledger_url: str, run_id: str, *, require_lock: bool = True) -> RunContext:
     folder = tmp_path / "runs" / run_id
     folder.mkdir(parents=True)
-    (folder / steps.PREFLIGHT).write_text(json.dumps({"instance": INSTANCE}))
-    return steps.RunContext.create(
+    (folder / PREFLIGHT).write_text(json.dumps({"instance": INSTANCE}))
+    return RunContext.create(
         "dag", run_id, {}, run_folder=f"file://{folder}", ledger_url=ledger_url, require_lock=require_lock
     )
 
@@ -36,35 +39,35 @@ def test_a_second_run_waits_then_fails_naming_the_holder(
     monkeypatch.setenv(lock.WAIT_ENV, "0.2")
     holder = run_context(tmp_path, ledger_url, "scheduled__2026-01-01")
     waiting = run_context(tmp_path, ledger_url, "backfill__2025-12-31")
-    doc = steps.lock_step(holder, dagrun_timeout=3600)
+    doc = lock_step(holder, dagrun_timeout=3600)
     assert doc is not None and doc["generation"] == 1 and doc["ttl_seconds"] == 3600 and doc["waited_for"] == []
 
-    assert steps.lock_step(waiting) is None  # held: the sensor asks again later
-    (wait,) = waiting.folder.read_jsonl(steps.LOCK_WAITS)
+    assert lock_step(waiting) is None  # held: the sensor asks again later
+    (wait,) = waiting.folder.read_jsonl(LOCK_WAITS)
     assert wait["holder"] == "scheduled__2026-01-01"
     time.sleep(0.25)
     with pytest.raises(AirflowFailException) as info:
-        steps.lock_step(waiting)
+        lock_step(waiting)
     message = str(info.value)
     assert "scheduled__2026-01-01" in message and INSTANCE in message and lock.RELEASE_COMMAND in message
-    assert waiting.folder.read_json(steps.LOCK) is None  # it never took the lock
+    assert waiting.folder.read_json(LOCK) is None  # it never took the lock
 
 
 def test_the_waiting_run_goes_ahead_once_the_holder_released(tmp_path: Path, ledger_url: str) -> None:
     holder = run_context(tmp_path, ledger_url, "r1")
     waiting = run_context(tmp_path, ledger_url, "r2")
-    steps.lock_step(holder)
-    assert steps.lock_step(waiting) is None
-    assert steps.release_lock(holder) == 1
-    doc = steps.lock_step(waiting)
+    lock_step(holder)
+    assert lock_step(waiting) is None
+    assert release_lock(holder) == 1
+    doc = lock_step(waiting)
     assert doc is not None and doc["generation"] == 2 and doc["waited_for"] == ["r1"] and doc["waited_seconds"] > 0
     assert waiting.hold_lock(Ledger(ledger_url), "extract") == 2
-    assert steps.release_lock(holder) == 0  # releasing twice, or someone else's lock: nothing happens
+    assert release_lock(holder) == 0  # releasing twice, or someone else's lock: nothing happens
 
 
 def test_a_step_stops_when_its_run_lost_the_lock(tmp_path: Path, ledger_url: str) -> None:
     first = run_context(tmp_path, ledger_url, "r1")
-    steps.lock_step(first)
+    lock_step(first)
     ledger = Ledger(ledger_url)
     try:
         assert first.hold_lock(ledger, "extract") == 1
@@ -93,15 +96,15 @@ def test_in_the_dag_a_step_without_the_lock_refuses(tmp_path: Path, ledger_url: 
 
 def test_commit_writes_with_the_generation_moves_cursors_and_releases(tmp_path: Path, ledger_url: str) -> None:
     rc = run_context(tmp_path, ledger_url, "r1")
-    doc = steps.lock_step(rc)
+    doc = lock_step(rc)
     assert doc is not None
-    rc.folder.write_jsonl(steps.TRANSFORM_OUTCOMES, [{"applicant_id": 5, "state": "skipped_consent", "reason": "x"}])
-    rc.folder.write_json(steps.EXTRACT_META, {"cursors": {"applicant_id": 10, "journal_event_id": 20}})
+    rc.folder.write_jsonl(TRANSFORM_OUTCOMES, [{"applicant_id": 5, "state": "skipped_consent", "reason": "x"}])
+    rc.folder.write_json(EXTRACT_META, {"cursors": {"applicant_id": 10, "journal_event_id": 20}})
     ledger = Ledger(ledger_url)
     try:
         # a newer generation wrote applicant 5 already: this run's commit must not replace it
         ledger.record(INSTANCE, [LedgerUpdate(5, LeadState.SENT, lead_id="L5", payload_hash="h")], version=7)
-        steps.commit_step(rc)
+        commit_step(rc)
         assert ledger.entries(INSTANCE, [5])[5].state is LeadState.SENT
         assert ledger.cursors(INSTANCE) == {"applicant_id": 10, "journal_event_id": 20}
         assert ledger.lock_holder(INSTANCE).run_id is None
@@ -138,7 +141,7 @@ def test_the_load_stops_before_any_request_when_its_run_lost_the_lock(tmp_path: 
     from d365.operators.load_leads import LoadLeadsOperator
 
     rc = run_context(tmp_path, ledger_url, "r1")
-    steps.lock_step(rc)
+    lock_step(rc)
     rc.folder.write_jsonl("plan/operations.jsonl", [{"applicant_id": 1, "action": "create", "payload": {}}])
     ledger = Ledger(ledger_url)
     ledger.clear_lock(INSTANCE)
@@ -155,7 +158,7 @@ def test_the_load_stops_before_any_request_when_its_run_lost_the_lock(tmp_path: 
     )
     with pytest.raises(AirflowFailException, match="load: run r1 no longer holds the sync lock"):
         op.execute({"run_id": "r1"})  # type: ignore[arg-type]
-    (tmp_path / "runs" / "r1" / steps.LOCK).unlink()
+    (tmp_path / "runs" / "r1" / LOCK).unlink()
     with pytest.raises(AirflowFailException, match="did not take the sync lock"):
         op.execute({"run_id": "r1"})  # type: ignore[arg-type]
 
@@ -169,7 +172,7 @@ def test_a_failed_run_frees_its_lock_through_the_dags_failure_callback(
     from airflow.models import DagBag
 
     monkeypatch.setenv("D365_SYNC_LEDGER_URL", ledger_url)
-    dag = DagBag(dag_folder=str(Path(steps.__file__).resolve().parents[2] / "dags")).dags["dreamapply_to_dynamics365"]
+    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[3] / "dags")).dags["dreamapply_to_dynamics365"]
     callbacks = dag.on_failure_callback if isinstance(dag.on_failure_callback, list) else [dag.on_failure_callback]
     assert lock.release_on_run_failure in callbacks
 

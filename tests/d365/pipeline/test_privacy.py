@@ -307,12 +307,22 @@ def test_ledger_forgets_a_deleted_lead_and_scrub_keeps_only_the_proof(ledger: Le
 def test_commit_finishes_erasures_keeps_withdrawals_and_report_counts_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from d365 import steps
+    from d365.pipeline.runfiles import (
+        EXTRACT_META,
+        LOAD_RESULTS,
+        PLAN_OPERATIONS,
+        PREFLIGHT,
+        REPORT,
+        TRANSFORM_OUTCOMES,
+    )
     from d365.runtime.runfolder import RunFolder
+    from d365.tasks.commit import commit_step
+    from d365.tasks.context import RunContext
+    from d365.tasks.report import report_step
 
     root = tmp_path / "runs"
     monkeypatch.setenv("D365_SYNC_RUN_ROOT", "file://" + str(root))
-    monkeypatch.setattr(steps, "set_run_note", lambda *a: "none")
+    monkeypatch.setattr("d365.tasks.report.set_run_note", lambda *a: "none")
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(url)
     ledger.record(
@@ -328,11 +338,11 @@ def test_commit_finishes_erasures_keeps_withdrawals_and_report_counts_them(
     old.write_jsonl(
         "extract/applicants.jsonl", [{"applicant_id": i, "email": f"person{i}@example.org"} for i in (1, 2, 5)]
     )
-    rc = steps.RunContext.create("dag", "now", {}, settings=DEFAULT, ledger_url=url)
-    rc.folder.write_json(steps.PREFLIGHT, {"instance": "i"})
-    rc.folder.write_json(steps.EXTRACT_META, {"cursors": {"applicant_id": 9}, "erased_applicant_ids": [1, 2, 6]})
+    rc = RunContext.create("dag", "now", {}, settings=DEFAULT, ledger_url=url)
+    rc.folder.write_json(PREFLIGHT, {"instance": "i"})
+    rc.folder.write_json(EXTRACT_META, {"cursors": {"applicant_id": 9}, "erased_applicant_ids": [1, 2, 6]})
     rc.folder.write_jsonl(
-        steps.TRANSFORM_OUTCOMES,
+        TRANSFORM_OUTCOMES,
         [
             {"applicant_id": 3, "state": "skipped_consent", "reason": "required consent not accepted: consent 1"},
             {"applicant_id": 4, "state": "skipped_consent", "reason": "required consent not accepted: consent 1"},
@@ -345,10 +355,10 @@ def test_commit_finishes_erasures_keeps_withdrawals_and_report_counts_them(
         Operation(2, ERASE, "L2", "", {}, method="DELETE", reason="right to be forgotten: delete"),
         Operation(6, ERASED, None, "", reason="right to be forgotten: no lead was sent"),
     ]
-    rc.folder.write_jsonl(steps.PLAN_OPERATIONS, [op.to_json() for op in ops])
+    rc.folder.write_jsonl(PLAN_OPERATIONS, [op.to_json() for op in ops])
     # what the load did: 4 withdrawn, 1 erased, 2 failed (and recorded as such in the ledger)
     rc.folder.write_jsonl(
-        steps.LOAD_RESULTS,
+        LOAD_RESULTS,
         [
             {"applicant_id": 4, "outcome": "withdrawn", "status": 204},
             {"applicant_id": 1, "outcome": "erased", "status": 204},
@@ -364,7 +374,7 @@ def test_commit_finishes_erasures_keeps_withdrawals_and_report_counts_them(
         ],
     )
 
-    steps.commit_step(rc)
+    commit_step(rc)
     e = ledger.entries("i")
     assert e[3].state is LeadState.WITHDRAWN and e[4].state is LeadState.WITHDRAWN  # not overwritten
     assert (e[1].state, e[1].lead_id, e[1].payload_hash) == (LeadState.ERASED, None, None)
@@ -376,11 +386,11 @@ def test_commit_finishes_erasures_keeps_withdrawals_and_report_counts_them(
         json.loads(x)["applicant_id"] for x in (root / "dag/old/extract/applicants.jsonl").read_text().splitlines()
     ]
     assert remaining == [5]  # erased applicants leave every run folder, a failed Dynamics action included
-    assert [o.applicant_id for o in map(Operation.from_json, rc.folder.read_jsonl(steps.PLAN_OPERATIONS))] == [4]
+    assert [o.applicant_id for o in map(Operation.from_json, rc.folder.read_jsonl(PLAN_OPERATIONS))] == [4]
 
-    out = steps.report_step(rc)
+    out = report_step(rc)
     assert (out["withdrawn"], out["erased"], out["failed"], out["skipped_consent"]) == (1, 2, 1, 1)
-    report = rc.folder.read_json(steps.REPORT)
+    report = rc.folder.read_json(REPORT)
     assert [f["applicant_id"] for f in report["failures"]] == [2]
     ledger.dispose()
 
@@ -391,9 +401,17 @@ def test_an_erasure_stays_pending_until_the_scrub_succeeded_and_the_next_commit_
     """The load deleted the lead (ledger: erasing); the commit's scrub of the run files fails (the store refuses a
     write): the commit fails, the ledger still says erasing and the cursors stay. The next run plans the
     applicant as ``erased`` (no request) and its commit scrubs files and ledger row."""
-    from d365 import steps
     from d365.pipeline import privacy
+    from d365.pipeline.runfiles import (
+        EXTRACT_META,
+        LOAD_RESULTS,
+        PLAN_OPERATIONS,
+        PREFLIGHT,
+        TRANSFORM_OUTCOMES,
+    )
     from d365.runtime.runfolder import RunFolder
+    from d365.tasks.commit import commit_step
+    from d365.tasks.context import RunContext
 
     root = tmp_path / "runs"
     monkeypatch.setenv("D365_SYNC_RUN_ROOT", "file://" + str(root))
@@ -405,13 +423,13 @@ def test_an_erasure_stays_pending_until_the_scrub_succeeded_and_the_next_commit_
     reason = "right to be forgotten: delete"
 
     def commit(run_id: str, ops: list[Operation], results: list[dict[str, Any]]) -> Any:
-        rc = steps.RunContext.create("dag", run_id, {}, settings=DEFAULT, ledger_url=url)
-        rc.folder.write_json(steps.PREFLIGHT, {"instance": "i"})
-        rc.folder.write_json(steps.EXTRACT_META, {"cursors": {"applicant_id": 9}, "erased_applicant_ids": [1]})
-        rc.folder.write_jsonl(steps.TRANSFORM_OUTCOMES, [])
-        rc.folder.write_jsonl(steps.PLAN_OPERATIONS, [op.to_json() for op in ops])
-        rc.folder.write_jsonl(steps.LOAD_RESULTS, results)
-        return steps.commit_step(rc)
+        rc = RunContext.create("dag", run_id, {}, settings=DEFAULT, ledger_url=url)
+        rc.folder.write_json(PREFLIGHT, {"instance": "i"})
+        rc.folder.write_json(EXTRACT_META, {"cursors": {"applicant_id": 9}, "erased_applicant_ids": [1]})
+        rc.folder.write_jsonl(TRANSFORM_OUTCOMES, [])
+        rc.folder.write_jsonl(PLAN_OPERATIONS, [op.to_json() for op in ops])
+        rc.folder.write_jsonl(LOAD_RESULTS, results)
+        return commit_step(rc)
 
     ledger.record("i", [LedgerUpdate(1, LeadState.SENT, lead_id="L1", payload_hash="h1", synced=True)])
     ledger.record("i", [LedgerUpdate(1, LeadState.ERASING, reason=reason, clear_lead_id=True)])  # what the load did

@@ -13,41 +13,40 @@ from typing import Any
 
 import pytest
 
-from d365 import steps
-from d365.pipeline import retention, triage
+from d365.pipeline import retention, runfiles
 from d365.pipeline.retention import RUN_MARKER, apply_retention, is_report_file, marker, run_started_at
 from d365.pipeline.settings import parse_settings
 from d365.runtime.runfolder import RunFolder, storage_path
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAG = "dreamapply_to_dynamics365"
-# what a sync run writes, by the modules' own names (a rename must update REPORT_FILES)
+# what a sync run writes, by the registry's names (d365.pipeline.runfiles)
 PERSONAL = [
-    steps.EXTRACT_APPLICANTS,
-    steps.TRANSFORM_LEADS,
-    steps.TRANSFORM_OUTCOMES,
-    steps.PLAN_OPERATIONS,
-    steps.LOAD_RESULTS,
-    triage.QUALITY_QUARANTINE,
-    triage.QUALITY_GX_RESULT,
-    triage.QUALITY_FIELD_ISSUES,
+    runfiles.EXTRACT_APPLICANTS,
+    runfiles.TRANSFORM_LEADS,
+    runfiles.TRANSFORM_OUTCOMES,
+    runfiles.PLAN_OPERATIONS,
+    runfiles.LOAD_RESULTS,
+    runfiles.QUALITY_QUARANTINE,
+    runfiles.QUALITY_GX_RESULT,
+    runfiles.QUALITY_FIELD_ISSUES,
 ]
 REPORTS = [
-    steps.PREFLIGHT,
-    steps.EXTRACT_META,
-    steps.EXTRACT_CATALOG,
-    steps.PLAN_META,
-    steps.PLAN_DRY_RUN,
-    steps.LOAD_STATS,
-    steps.COMMIT_PRIVACY,
-    steps.PLAN_PARKED,
-    steps.COMMIT_PARKED,
-    steps.LOCK,
-    steps.LOCK_WAITS,
-    steps.REPORT,
-    steps.TIMINGS,
-    triage.QUALITY_SUMMARY,
-    triage.QUALITY_SUMMARY_JSON,
+    runfiles.PREFLIGHT,
+    runfiles.EXTRACT_META,
+    runfiles.EXTRACT_CATALOG,
+    runfiles.PLAN_META,
+    runfiles.PLAN_DRY_RUN,
+    runfiles.LOAD_STATS,
+    runfiles.COMMIT_PRIVACY,
+    runfiles.PLAN_PARKED,
+    runfiles.COMMIT_PARKED,
+    runfiles.LOCK,
+    runfiles.LOCK_WAITS,
+    runfiles.REPORT,
+    runfiles.TIMINGS,
+    runfiles.QUALITY_SUMMARY,
+    runfiles.QUALITY_SUMMARY_JSON,
 ]
 
 
@@ -180,20 +179,33 @@ def test_retention_settings_defaults_and_checks() -> None:
             parse({"retention": bad})
     with pytest.raises(ValueError, match="report_days"):
         apply_retention(storage_path("file:///nonexistent"), personal_days=10, report_days=5)
-    assert {steps.REPORT, triage.QUALITY_SUMMARY} <= retention.REPORT_FILES
+    assert {runfiles.REPORT, runfiles.QUALITY_SUMMARY} <= retention.REPORT_FILES
 
 
 def test_every_run_file_the_sync_names_is_classified_here() -> None:
-    """A new run file must be placed in PERSONAL or REPORTS above (and in REPORT_FILES if it holds no personal
-    data): otherwise nobody decided how long it is kept."""
-    from d365.operators import load_leads
+    """Every run file is declared once in ``d365.pipeline.runfiles`` with whether it holds personal data, and
+    retention's report files are exactly the declared ones without: a module that names a run file of its own
+    (a constant not from the registry) fails here, so nobody forgets to decide how long it is kept."""
+    import importlib
 
+    modules = [
+        importlib.import_module(name)
+        for name in (
+            "d365.pipeline.triage",
+            "d365.pipeline.report",
+            "d365.operators.load_leads",
+            *(f"d365.tasks.{task}" for task in ("context", "preflight", "lock", "extract", "transform", "plan")),
+            *(f"d365.tasks.{task}" for task in ("commit", "report")),
+        )
+    ]
     declared = {
         value
-        for module in (steps, triage, load_leads)
+        for module in modules
         for name, value in vars(module).items()
         if name.isupper() and isinstance(value, str) and value.endswith((".json", ".jsonl", ".md"))
     }
-    assert declared - set(PERSONAL) - set(REPORTS) == set()
-    assert {name for name in REPORTS} <= retention.REPORT_FILES
+    assert declared - set(runfiles.REGISTRY) == set()
+    assert set(PERSONAL) == runfiles.PERSONAL_FILES
+    assert {*REPORTS, RUN_MARKER, runfiles.RECONCILE_REPORT, runfiles.RETENTION_REPORT} == runfiles.REPORT_FILES
+    assert retention.REPORT_FILES is runfiles.REPORT_FILES
     assert not set(PERSONAL) & retention.REPORT_FILES
