@@ -48,11 +48,9 @@ Never raises on data: a broken record is quarantined.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import phonenumbers
@@ -69,6 +67,7 @@ from d365.pipeline.fit import (
     utf16_len,
 )
 from d365.pipeline.lead_stage import iso_utc, parse_instant
+from d365.pipeline.mapping_result import MappedLead, payload_hash
 from d365.pipeline.mapping_source import (
     SOURCE_GETTERS,
     _empty,
@@ -103,50 +102,6 @@ __all__ = [
     "payload_hash",
     "phone_regions",
 ]
-
-# --------------------------------------------------------------------------------------------------
-# result
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class MappedLead:
-    applicant_id: int | None
-    payload: dict[str, Any]  # logical name → JSON value; {} when quarantined
-    issues: list[FitIssue] = field(default_factory=list)
-    quarantine_reason: str | None = None
-    options_needed: list[tuple[str, str]] = field(default_factory=list)  # (attribute, label) to add
-    stage: str | None = None
-    stage_changed: str | None = None
-    owner_rule: int | None = None  # index of the first matching ``owner_rules`` entry (owners.first_match)
-
-    @property
-    def ok(self) -> bool:
-        return self.quarantine_reason is None
-
-    @property
-    def hash(self) -> str:
-        return payload_hash(self.payload)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "applicant_id": self.applicant_id,
-            "payload": self.payload,
-            "hash": self.hash,
-            "issues": [i.to_dict() for i in self.issues],
-            "quarantine_reason": self.quarantine_reason,
-            "options_needed": [list(o) for o in self.options_needed],
-            "stage": self.stage,
-            "stage_changed": self.stage_changed,
-            "owner_rule": self.owner_rule,
-        }
-
-
-def payload_hash(payload: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON (sorted keys, no spaces, UTF-8): stable across key order."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
 
 # source field → the quality field (settings.QUALITY_FIELDS) whose checks it is subject to
 _QUALITY_FIELD_OF = {source: name for name, source in QUALITY_FIELDS.items() if source}
