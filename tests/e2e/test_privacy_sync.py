@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,11 @@ def test_reports_outcomes_results_logs_and_ledger_carry_no_names_emails_or_phone
         plan = folder / "plan" / "operations.jsonl"
         allowed = allowed_columns(DEFAULT) | set(DEFAULT_WITHDRAWAL_FLAGS) | {"statecode", "statuscode"}
         for line in plan.read_text(encoding="utf-8").splitlines() if plan.exists() else ():
-            assert set(json.loads(line)["payload"]) <= allowed  # only mapped fields leave DreamApply
+            op = json.loads(line)
+            body = dict(op["payload"])
+            owner = body.pop("ownerid@odata.bind", None)  # a create's owner: a user GUID, no applicant data
+            assert owner is None or (op["action"] == "create" and re.fullmatch(r"/systemusers\([0-9a-f-]{36}\)", owner))
+            assert set(body) <= allowed  # only mapped fields leave DreamApply
     rows = _ledger_rows(env)
     texts["ledger"] = "\n".join(f"{r['reason'] or ''} {r['last_error'] or ''}" for r in rows)
     assert texts["ledger"].strip() and any("report.json" in k for k in texts)

@@ -145,8 +145,8 @@ def erasure_request(
 
 
 def allowed_columns(settings: Settings) -> set[str]:
-    """What a lead payload may hold: the mapped columns and the identity columns (the owner is bound by the
-    load, outside the payload)."""
+    """What a lead payload may hold: the mapped columns and the identity columns (a create's owner is bound
+    after this check, by the plan's final request: ``plan.final_requests``)."""
     identity = {settings.dynamics.alternate_key, settings.dynamics.instance_column}
     return set(settings.data_mapping) | {c for c in identity if c}
 
