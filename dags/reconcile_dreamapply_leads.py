@@ -27,9 +27,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
 
-from d365.pipeline.runfiles import RECONCILE_REPORT, RETENTION_REPORT
+from d365.pipeline.runfiles import RECONCILE_REPORT
 from d365.timeouts import dagrun_timeout, task_timeout
 
 DAG_ID = "reconcile_dreamapply_leads"
@@ -51,70 +50,15 @@ REPORT = RECONCILE_REPORT  # run files: d365.pipeline.runfiles
 def reconcile_dreamapply_leads() -> None:
     @task(pool=DYNAMICS_POOL)
     def reconcile() -> dict[str, Any]:
-        import logging
+        from d365.tasks.reconcile import reconcile_step
 
-        from d365.hooks.dreamapply import DreamApplyHook
-        from d365.hooks.dynamics import DynamicsHook
-        from d365.pipeline.identity import instance_key
-        from d365.pipeline.ledger import Ledger, default_ledger_url
-        from d365.pipeline.privacy import allowed_columns
-        from d365.pipeline.reconcile import column_kinds, summary_text
-        from d365.pipeline.reconcile import reconcile as run
-        from d365.pipeline.settings import load_settings
-        from d365.pipeline.target import LeadTarget
-        from d365.runtime.run_note import set_run_note
-        from d365.runtime.runfolder import RunFolder
-
-        log = logging.getLogger(__name__)
-        ctx = get_current_context()
-        run_id = ctx["dag_run"].run_id
-        s = load_settings()
-        da = DreamApplyHook(s.dreamapply.connection_id)
-        instance = instance_key(da.get_connection(da.dreamapply_conn_id).host or "")
-        dyn = DynamicsHook(s.dynamics.connection_id)
-        meta = dyn.get_entity_metadata(s.dynamics.entity)
-        target = LeadTarget.from_metadata(s.dynamics.connection_id, meta)  # resolved as the sync's preflight does
-        ledger = Ledger(default_ledger_url())
-        try:
-            report = run(
-                ledger=ledger,
-                instance=instance,
-                dyn=dyn,
-                entity_set=target.entity_set,
-                primary_id=target.primary_id,
-                columns=allowed_columns(s),
-                kinds=column_kinds(meta.attributes),
-                recreate_deleted=s.reconcile.recreate_deleted,
-                max_deleted_fraction=s.reconcile.max_deleted_fraction,
-                run_id=run_id,
-            )
-        finally:
-            ledger.dispose()
-        report["target"] = target.to_json()
-        folder = RunFolder.for_run(DAG_ID, run_id)
-        report["report"] = folder.write_json(REPORT, report)
-        text = summary_text(report)
-        for line in text.splitlines():
-            log.info(line)
-        print(text, flush=True)
-        set_run_note(DAG_ID, run_id, text)
-        if report["refused"]:  # fail now, no retries: a person must look at the CRM first
-            raise AirflowFailException(f"reconciliation refused: {report['refused']}")
-        return report["counts"]
+        return reconcile_step(DAG_ID, get_current_context()["dag_run"].run_id)
 
     @task
     def retention() -> dict[str, Any]:
-        from d365.pipeline.retention import apply_retention
-        from d365.pipeline.settings import load_settings
-        from d365.runtime.runfolder import RunFolder, default_run_root, storage_path
+        from d365.tasks.reconcile import retention_step
 
-        ctx = get_current_context()
-        keep = load_settings().retention
-        result = apply_retention(
-            storage_path(default_run_root()), personal_days=keep.personal_days, report_days=keep.report_days
-        ).to_json()
-        RunFolder.for_run(DAG_ID, ctx["dag_run"].run_id).write_json(RETENTION_REPORT, result)
-        return {k: v for k, v in result.items() if isinstance(v, int)}
+        return retention_step(DAG_ID, get_current_context()["dag_run"].run_id)
 
     reconcile()
     retention()

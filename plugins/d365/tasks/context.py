@@ -162,3 +162,11 @@ def timed(rc: RunContext, name: str, step: Any) -> Any:
             )
         except Exception:  # never fail a step for its bookkeeping
             log.warning("could not record the duration of %s", name)
+
+
+def dreamapply_instance(hook: Any) -> str:
+    """The DreamApply instance key (host) of a ``DreamApplyHook``'s connection: what ledger rows and lead ids
+    belong to. One derivation for the sync's preflight and the reconciliation."""
+    from d365.pipeline.identity import instance_key
+
+    return instance_key(hook.get_connection(hook.dreamapply_conn_id).host or "")

@@ -7,12 +7,11 @@ from typing import Any
 
 from d365.errors import PreflightError, PreflightUnavailable
 from d365.hooks.errors import ApiError
-from d365.pipeline.identity import instance_key
 from d365.pipeline.runfiles import (
     PREFLIGHT,
 )
 from d365.pipeline.target import LeadTarget
-from d365.tasks.context import RunContext
+from d365.tasks.context import RunContext, dreamapply_instance
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ def _preflight(rc: RunContext) -> dict[str, Any]:
 
     da = DreamApplyHook(s.dreamapply.connection_id)
     try:
-        instance = instance_key(da.get_connection(da.dreamapply_conn_id).host or "")
+        instance = dreamapply_instance(da)
         da.get_json("/ping")
     except ApiError as exc:
         raise _preflight_api_failure(f"DreamApply connection {s.dreamapply.connection_id!r}", exc) from exc
