@@ -31,7 +31,7 @@ test: install
 test-fast: install
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n 2
 
 lint: install
 	$(PY) -m ruff check .
