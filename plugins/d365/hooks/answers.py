@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,12 +165,3 @@ def odata_entity(body: Any, where: Where, required: Iterable[str] = ()) -> dict[
     if missing:
         raise where.fail(WRONG_SHAPE, f"an OData entity without {', '.join(missing)}")
     return body
-
-
-def rows_with(rows: Iterable[Mapping[str, Any]], where: Where, required: Iterable[str]) -> None:
-    """Every row carries the ``required`` properties (e.g. the primary id a lookup keys on)."""
-    names = list(required)
-    for position, row in enumerate(rows):
-        missing = [name for name in names if row.get(name) in (None, "")]
-        if missing:
-            raise where.fail(WRONG_SHAPE, f"a row without {', '.join(missing)} (row {position})")
