@@ -64,3 +64,22 @@ def make_sandbox(tmp_path: Path) -> Iterator[Callable[..., tuple[Sandbox, Sandbo
     yield make
     for sb in started:
         sb.stop()
+
+
+@pytest.fixture
+def refuse_first_scrub(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The run store refuses the first scrub of a JSON Lines file (an ``OSError``), then works again: a commit
+    that fails after the load. Returns the paths the refusal hit (assert it fired)."""
+    from d365.pipeline import privacy
+
+    real = privacy._scrub_jsonl
+    fired: list[str] = []
+
+    def refuse_once(path: object, *args: object) -> int:
+        if not fired:
+            fired.append(str(path))
+            raise OSError("the run store refused the write")
+        return real(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(privacy, "_scrub_jsonl", refuse_once)
+    return fired

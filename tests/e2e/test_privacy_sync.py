@@ -234,11 +234,10 @@ def _personal_text_of(env: Any, aid: int, raw: dict[int, dict[str, Any]]) -> lis
     return found
 
 
-def test_an_erasure_whose_commit_failed_is_finished_by_the_next_run(sync_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_an_erasure_whose_commit_failed_is_finished_by_the_next_run(sync_env, refuse_first_scrub) -> None:  # type: ignore[no-untyped-def]
     """The load deletes the lead, then the commit fails while scrubbing the run files (the store refuses a write,
     injected once): the erasure stays pending (ledger: erasing) and the next run finishes it — no file under the
     run root and no ledger row holds the applicant's name, e-mail or phone afterwards."""
-    from d365.pipeline import privacy
 
     env = sync_env(applicants=40)
     assert env.run().state == "success"
@@ -249,16 +248,7 @@ def test_an_erasure_whose_commit_failed_is_finished_by_the_next_run(sync_env, mo
     assert _personal_text_of(env, x, raw), "before the erasure the run files hold the applicant"
 
     env.client.post(f"/dreamapply/applicants/{x}/erase", {"request_to_be_forgotten": True})
-    real = privacy._scrub_jsonl
-    fired: list[str] = []
-
-    def refuse_once(path: Any, *args: Any) -> int:
-        if not fired:
-            fired.append(str(path))
-            raise OSError("the run store refused the write")
-        return real(path, *args)
-
-    monkeypatch.setattr(privacy, "_scrub_jsonl", refuse_once)
+    fired = refuse_first_scrub
     first = env.run()
     assert first.state == "failed" and len(fired) == 1  # the fault hit, in the commit
     assert x not in leads_by_applicant(env.leads())  # the load deleted the lead

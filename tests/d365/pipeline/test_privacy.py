@@ -396,12 +396,11 @@ def test_commit_finishes_erasures_keeps_withdrawals_and_report_counts_them(
 
 
 def test_an_erasure_stays_pending_until_the_scrub_succeeded_and_the_next_commit_finishes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refuse_first_scrub: list[str]
 ) -> None:
     """The load deleted the lead (ledger: erasing); the commit's scrub of the run files fails (the store refuses a
     write): the commit fails, the ledger still says erasing and the cursors stay. The next run plans the
     applicant as ``erased`` (no request) and its commit scrubs files and ledger row."""
-    from d365.pipeline import privacy
     from d365.pipeline.runfiles import (
         EXTRACT_META,
         LOAD_RESULTS,
@@ -433,16 +432,7 @@ def test_an_erasure_stays_pending_until_the_scrub_succeeded_and_the_next_commit_
 
     ledger.record("i", [LedgerUpdate(1, LeadState.SENT, lead_id="L1", payload_hash="h1", synced=True)])
     ledger.record("i", [LedgerUpdate(1, LeadState.ERASING, reason=reason, clear_lead_id=True)])  # what the load did
-    real = privacy._scrub_jsonl
-    fired: list[str] = []
-
-    def refuse_once(path: Any, *args: Any) -> int:
-        if not fired:
-            fired.append(str(path))
-            raise OSError("the run store refused the write")
-        return real(path, *args)
-
-    monkeypatch.setattr(privacy, "_scrub_jsonl", refuse_once)
+    fired = refuse_first_scrub
     erase = Operation(1, ERASE, "L1", "", {}, method="DELETE", reason=reason)
     with pytest.raises(OSError, match="refused"):
         commit("first", [erase], [{"applicant_id": 1, "outcome": "erased", "status": 204}])
