@@ -210,7 +210,7 @@ class DynamicsCore(DynamicsConnectionBase):
                 error.code,
                 method,
                 log_path,
-                error.retry_after,
+                min(error.retry_after, self.throttle.settings.retry_after_max_seconds),  # the wait that applies
             )
         raise error
 

@@ -260,7 +260,9 @@ def _retry_after_faults(client: SandboxClient, rule_id: int) -> dict[str, Any]:
 
 
 def test_dataverse_429_with_retry_after_1e9_waits_only_the_connection_cap(
-    dynamics_private: Callable[..., tuple[DynamicsHook, SandboxClient]], monkeypatch: pytest.MonkeyPatch
+    dynamics_private: Callable[..., tuple[DynamicsHook, SandboxClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     hook, client = dynamics_private()
     info = hook.get_connection(hook.dynamics365_conn_id)
@@ -285,6 +287,9 @@ def test_dataverse_429_with_retry_after_1e9_waits_only_the_connection_cap(
     assert hook.throttle.settings.retry_after_max_seconds == 0.5
     assert hook.throttle.stats["retry_after_wait_seconds"] <= 0.5 + 0.25  # the cap plus the jitter
     assert 0.5 <= elapsed < 5.0
+    out = capfd.readouterr()
+    throttled = [line for line in (out.out + out.err).splitlines() if "throttled (" in line]
+    assert throttled and all("Retry-After 0.5 s" in line for line in throttled)  # the wait that applies, logged
 
 
 def test_dreamapply_429_with_retry_after_1e9_waits_only_the_connection_cap(
