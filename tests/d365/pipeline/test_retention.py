@@ -209,3 +209,13 @@ def test_every_run_file_the_sync_names_is_classified_here() -> None:
     assert {*REPORTS, RUN_MARKER, runfiles.RECONCILE_REPORT, runfiles.RETENTION_REPORT} == runfiles.REPORT_FILES
     assert retention.REPORT_FILES is runfiles.REPORT_FILES
     assert not set(PERSONAL) & retention.REPORT_FILES
+
+
+def test_the_docs_list_exactly_the_report_files_kept_until_report_days() -> None:
+    """docs/settings.md (``retention.report_days``) names every file kept past ``personal_days``, and no other."""
+    import re
+
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "settings.md").read_text(encoding="utf-8")
+    row = next(line for line in docs.splitlines() if line.startswith("| `report_days` |"))
+    named = {name for name in re.findall(r"`([\w/.]+\.(?:json|jsonl|md))`", row)}
+    assert named == set(runfiles.REPORT_FILES)
