@@ -8,13 +8,14 @@ The hook is assembled from one module per concern (see the Dataverse reference, 
 
 * ``d365.hooks.dynamics_settings``: the connection read into settings, with its transport policy;
 * ``d365.hooks.dynamics_connection``: the pooled session (no cookies), the shared throttle, one attempt;
-* ``d365.hooks.dynamics_core``: MSAL auth, retries (a POST create is never resent after it may have run),
+* ``d365.hooks.dynamics_core``: MSAL auth, retries (a non-idempotent POST is never resent after it may have run),
   the check of every answer, typed errors without tokens, secrets, bodies or query strings;
 * ``d365.hooks.dynamics_metadata``: table metadata, option sets, alternate keys;
-* ``d365.hooks.dynamics_query``: paged queries, lookups by a column's values (``query_in``), single rows, users;
+* ``d365.hooks.dynamics_query``: paged queries, lookups by a column's values (``query_in``), users;
 * ``d365.hooks.odata``: literals, key segments, query strings, ``In()`` filters;
 * ``d365.hooks.dynamics_batch``: the ``$batch`` wire format;
-* this module: identity (WhoAmI), writes (upsert, create, delete) and ``$batch`` execution.
+* this module: identity (WhoAmI), the single upsert and ``$batch`` execution (the sync sends every write,
+  deletes included, as ``$batch`` operations).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from d365.hooks.dynamics_connection import DEFAULT_CONN_ID
 from d365.hooks.dynamics_metadata import AlternateKey, AttributeInfo, DynamicsMetadataReads, EntityMetadata
 from d365.hooks.dynamics_query import DynamicsQueries, ValueLookup
 from d365.hooks.dynamics_settings import DynamicsConnectionSettings
-from d365.hooks.errors import DynamicsMalformedAnswer, DynamicsNotFound
+from d365.hooks.errors import DynamicsMalformedAnswer
 from d365.hooks.odata import ENTITY_ID_RE, GUID_RE, entity_path, key_segment, odata_literal, query_string
 
 __all__ = [
@@ -111,30 +112,6 @@ class DynamicsHook(DynamicsQueries, DynamicsMetadataReads):
         names = {k.lower() for k in key} if isinstance(key, Mapping) else {self._primary_id(entity_set).lower()}
         return {k: v for k, v in payload.items() if k.lower() not in names}
 
-    def upsert_operation(
-        self,
-        entity_set: str,
-        key: str | uuid.UUID | Mapping[str, Any],
-        payload: Mapping[str, Any],
-        *,
-        record: str | None = None,
-        if_match: str | None = None,
-        if_none_match: str | None = None,
-    ) -> BatchOperation:
-        """The same upsert as ``upsert()``, as a ``$batch`` operation."""
-        headers: dict[str, str] = {}
-        if if_match:
-            headers["If-Match"] = if_match
-        if if_none_match:
-            headers["If-None-Match"] = if_none_match
-        return BatchOperation(
-            "PATCH",
-            entity_path(entity_set, key),
-            self._strip_key_columns(entity_set, key, payload),
-            headers or None,
-            record,
-        )
-
     def upsert(
         self,
         entity_set: str,
@@ -178,20 +155,6 @@ class DynamicsHook(DynamicsQueries, DynamicsMetadataReads):
         created = {201: True, 200: False}.get(response.status_code)
         etag = response.headers.get("ETag") or body.get("@odata.etag")
         return UpsertResult(response.status_code, entity_id, created, etag)
-
-    def create(self, entity_set: str, payload: Mapping[str, Any], *, record: str | None = None) -> str | None:
-        """POST a new row; returns its GUID. Never resent after a timeout or reset (it could duplicate the row)."""
-        response = self._request("POST", entity_set, json_body=dict(payload), record=record, idempotent=False)
-        match = ENTITY_ID_RE.search(response.headers.get("OData-EntityId", ""))
-        return match.group(1) if match else None
-
-    def delete(self, entity_set: str, key: str | uuid.UUID | Mapping[str, Any], *, record: str | None = None) -> bool:
-        """Delete a row; False when it was already gone (so a retried DELETE is not an error)."""
-        try:
-            self._request("DELETE", entity_path(entity_set, key), record=record)
-        except DynamicsNotFound:
-            return False
-        return True
 
     # -- $batch -----------------------------------------------------------------------------------------------
     def execute_batch(

@@ -1,4 +1,4 @@
-"""Reading rows through the Dynamics hook: paged queries, lookups by a column's values, single rows, users.
+"""Reading rows through the Dynamics hook: paged queries, lookups by a column's values, users.
 
 Paging follows ``@odata.nextLink`` unchanged with the same page size, and checks each link before it is
 requested (same origin as the organization, never a page already read). A lookup by values splits them into
@@ -8,18 +8,16 @@ requested (same origin as the organization, never a page already read). A lookup
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urljoin, urlsplit
 
-from d365.hooks.answers import odata_entity
 from d365.hooks.dynamics_auth import normalise_origin
 from d365.hooks.dynamics_core import DynamicsCore
-from d365.hooks.errors import DynamicsNotFound, DynamicsPagingError
+from d365.hooks.errors import DynamicsPagingError
 from d365.hooks.odata import (
     LOOKUP_CHUNK,
     LOOKUP_URL_BUDGET,
-    entity_path,
     in_filters,
     key_segment,
     odata_literal,
@@ -120,17 +118,6 @@ class DynamicsQueries(DynamicsCore):
                 path=unquote(parts.path),
             )
         return absolute
-
-    def retrieve(
-        self, entity_set: str, key: str | uuid.UUID | Mapping[str, Any], select: Sequence[str] | None = None
-    ) -> dict[str, Any] | None:
-        """One row by GUID or alternate key; None when it does not exist."""
-        query = query_string({"$select": ",".join(select) if select else None})
-        path = entity_path(entity_set, key) + (f"?{query}" if query else "")
-        try:
-            return self._request_json("GET", path, shape=odata_entity)[1]
-        except DynamicsNotFound:
-            return None
 
     def list_systemusers(self, filter: str | None = None, select: list[str] | None = None) -> list[dict[str, Any]]:
         """System users (owner candidates); the caller filters enabled, interactive users as needed."""

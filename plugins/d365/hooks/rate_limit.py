@@ -105,9 +105,3 @@ class SlidingWindowLimiter:
             yield waited
         finally:
             self.release()
-
-    def in_window(self) -> int:
-        """Slots currently occupied (in flight plus completed within the window)."""
-        with self._cond:
-            self._prune(self._clock())
-            return self._in_flight + len(self._done)

@@ -359,19 +359,6 @@ class Throttle:
         with self._cond:
             return max(0.0, self.pause_until - self._clock())
 
-    def usage(self) -> dict[str, float]:
-        """The client's view of the current window (for logs and tests)."""
-        with self._cond:
-            self._prune(self._clock())
-            return {
-                "requests": len(self._done),
-                "execution_ms": round(self._execution_ms, 3),
-                "in_flight": self.in_flight,
-                "limit": self.limit,
-                "cap": self.cap,
-                "estimate_ms": round(self.estimate_ms, 3),
-            }
-
     def snapshot(self) -> dict[str, Any]:
         """Counters for ``load/stats.json``: 429s, waits, concurrency changes and the settings used."""
         with self._cond:

@@ -51,12 +51,20 @@ def test_429_pauses_other_threads(dynamics_private: Private) -> None:
     assert all(e["started"] - throttled["finished"] >= 1.0 for e in rest)
 
 
-def test_429_on_create_is_retried_because_nothing_ran(dynamics_private: Private) -> None:
+def programme_options(hook: DynamicsHook) -> dict[int, str]:
+    return hook.get_entity_metadata("lead", strong=True).attributes["uni_programme"].options or {}
+
+
+# InsertOptionValue (the plan adds a missing programme option with it) is the sync's non-idempotent POST: a second
+# send would fail on the duplicate label, so the core must never resend it after it may have run.
+def test_429_on_a_post_action_is_retried_because_nothing_ran(dynamics_private: Private) -> None:
     hook, client = dynamics_private()
     hook.whoami()
+    seq = client.last_seq()
     client.add_fault(kind="status", status=429, retry_after=1, server="dataverse", method="POST", nth=1)
-    assert hook.create("leads", {"lastname": "Throttled", "subject": "s"})
-    assert len(client.get("/dataverse/leads")) == 1
+    value = hook.insert_option_value("lead", "uni_programme", "MSc Throttled")
+    assert [e["status"] for e in client.requests(server="dataverse", since=seq)] == [429, 200]
+    assert [v for v, label in programme_options(hook).items() if label == "MSc Throttled"] == [value]
 
 
 def test_503_is_retried_with_backoff(dynamics_private: Private) -> None:
@@ -90,24 +98,24 @@ def test_connection_reset_on_patch_is_retried(dynamics_private: Private) -> None
     assert len(stored(client, "R-1")) == 1
 
 
-def test_connection_reset_on_create_is_not_retried(dynamics_private: Private) -> None:
+def test_connection_reset_on_a_post_action_is_not_retried(dynamics_private: Private) -> None:
     hook, client = dynamics_private()
     hook.whoami()
     seq = client.last_seq()
     client.add_fault(kind="reset", server="dataverse", method="POST", nth=1)
     with pytest.raises(DynamicsError) as caught:
-        hook.create("leads", {"lastname": "Once", "subject": "s"}, record="A-9")
-    assert caught.value.code == "ConnectionError" and caught.value.record == "A-9"
+        hook.insert_option_value("lead", "uni_programme", "MSc Once")  # the label is the call's record
+    assert caught.value.code == "ConnectionError" and caught.value.record == "MSc Once"
     assert [e["method"] for e in client.requests(server="dataverse", since=seq)] == ["POST"]
     assert hook.stats["retries"] == 0
 
 
-def test_503_on_create_is_not_retried(dynamics_private: Private) -> None:
+def test_503_on_a_post_action_is_not_retried(dynamics_private: Private) -> None:
     hook, client = dynamics_private()
     hook.whoami()
     client.add_fault(kind="status", status=503, server="dataverse", method="POST", nth=1)
     with pytest.raises(DynamicsError) as caught:
-        hook.create("leads", {"lastname": "Once", "subject": "s"})
+        hook.insert_option_value("lead", "uni_programme", "MSc Once")
     assert caught.value.status == 503
     assert hook.stats["retries"] == 0
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from d365.hooks.dynamics import DynamicsHook
+from d365.hooks.dynamics import DynamicsHook, entity_path
+from d365.hooks.dynamics_batch import BatchOperation
 from d365.hooks.errors import (
     DynamicsConflict,
     DynamicsMalformedAnswer,
@@ -94,9 +95,10 @@ def test_upsert_by_alternate_key_create_then_update(hook: DynamicsHook, sandbox:
     rows = stored(client, applicant)
     assert len(rows) == 1
     assert (rows[0]["uni_applicantid"], rows[0]["lastname"], rows[0]["firstname"]) == (applicant, "O'Brien", "Siobhán")
-    again = hook.retrieve("leads", key, select=["lastname", "uni_applicantid"])
-    assert again is not None and again["uni_applicantid"] == applicant
-    assert hook.retrieve("leads", {"uni_applicantid": f"missing-{uid}"}) is None
+    # read back the way the plan looks leads up (by the key column's values)
+    again = hook.query_in("leads", "uni_applicantid", [applicant], select=["lastname", "uni_applicantid"]).rows
+    assert [(r["uni_applicantid"], r["lastname"]) for r in again] == [(applicant, "O'Brien")]
+    assert hook.query_in("leads", "uni_applicantid", [f"missing-{uid}"]).rows == []
 
 
 def test_upsert_by_guid_and_conditional_headers(hook: DynamicsHook, uid: str) -> None:
@@ -125,14 +127,21 @@ def test_validation_error_is_typed(hook: DynamicsHook, uid: str) -> None:
     assert not err.retryable
 
 
-def test_create_retrieve_delete(hook: DynamicsHook, uid: str) -> None:
-    lead_id = hook.create("leads", {"lastname": "Created", "subject": "s", "uni_applicantid": f"C-{uid}"})
-    assert lead_id
-    row = hook.retrieve("leads", lead_id, select=["lastname"])
-    assert row is not None and row["lastname"] == "Created"
-    assert hook.delete("leads", lead_id) is True
-    assert hook.delete("leads", lead_id) is False  # already gone: not an error
-    assert hook.retrieve("leads", lead_id) is None
+def test_delete_in_a_batch_then_already_gone(hook: DynamicsHook, uid: str) -> None:
+    """The sync deletes leads (erasure, withdrawal) as ``$batch`` operations; a repeated delete answers 404."""
+    applicant, lead_id = f"C-{uid}", str(uuid.uuid4())
+    hook.upsert("leads", lead_id, {"lastname": "Created", "subject": "s", "uni_applicantid": applicant})
+
+    def found() -> list[str]:
+        return [r["lastname"] for r in hook.query_in("leads", "uni_applicantid", [applicant], select=["lastname"]).rows]
+
+    assert found() == ["Created"]
+    delete = BatchOperation("DELETE", entity_path("leads", lead_id), record=applicant)
+    (gone,) = hook.execute_batch([delete])
+    assert gone.ok and gone.status == 204
+    (again,) = hook.execute_batch([delete])  # already gone: a typed "not found" the load counts as deleted
+    assert again.status == 404 and isinstance(again.error, DynamicsNotFound) and again.error.record == applicant
+    assert found() == []
 
 
 def test_parallel_upserts_from_threads(hook: DynamicsHook, sandbox: Sandbox, uid: str) -> None:
@@ -248,19 +257,19 @@ def test_a_collection_without_value_is_not_an_empty_result(
     [
         ("WhoAmI$", lambda h: h.whoami()),
         ("EntityDefinitions", lambda h: h.get_entity_metadata("lead")),
-        ("leads\\(", lambda h: h.retrieve("leads", "00000000-0000-0000-0000-000000000001")),
+        (LEADS, lambda h: h.query_in("leads", "uni_applicantid", ["00000000"])),
     ],
-    ids=["whoami", "metadata", "retrieve"],
+    ids=["whoami", "metadata", "lookup"],
 )
 @pytest.mark.parametrize("kind", ["html", "json_error", "empty"])
-def test_single_reads_refuse_a_lying_200(
+def test_reads_refuse_a_lying_200(
     dynamics_private: Private, path: str, read: Callable[[DynamicsHook], Any], kind: str
 ) -> None:
     hook, client = dynamics_private(hook_kwargs={"max_retries": 1})
     hook.whoami()
     client.add_fault(kind=kind, server="dataverse", method="GET", path=path)
     with pytest.raises(DynamicsMalformedAnswer) as caught:
-        read(hook)  # never {}, None ("not found") or an empty metadata
+        read(hook)  # never {}, no rows ("not found") or an empty metadata
     assert caught.value.retryable and caught.value.status == 200
     assert fired(client) == [2]
 
@@ -269,7 +278,7 @@ def test_batch_answer_that_is_not_multipart(dynamics_private: Private) -> None:
     hook, client = dynamics_private(hook_kwargs={"max_retries": 1})
     hook.whoami()
     ops = [
-        hook.upsert_operation("leads", {"uni_applicantid": f"B-{i}"}, {"lastname": "B", "subject": "s"})
+        BatchOperation("PATCH", entity_path("leads", {"uni_applicantid": f"B-{i}"}), {"lastname": "B", "subject": "s"})
         for i in range(2)
     ]
     client.add_fault(kind="html", server="dataverse", method="POST", path="batch", times=1)

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +45,13 @@ def make(clock: FakeClock, **settings: object) -> Throttle:
     base = {"jitter_seconds": (0.0, 0.0), "max_concurrency": 4, "increase_every": 2}
     base.update(settings)
     return Throttle(ThrottleSettings(**base), clock=clock, sleep=clock.sleep, wall=clock, rng=random.Random(1))  # type: ignore[arg-type]
+
+
+def admits_now(t: Throttle, clock: FakeClock, **budgets: float) -> bool:
+    """Whether one more request fits the window now under these budgets: the window's contents seen the way
+    ``acquire`` sees them (``budget_delay``); the budgets stay changed."""
+    t.configure(replace(t.settings, **budgets))
+    return t.budget_delay(clock.now) == 0.0
 
 
 def test_429_pauses_every_sender_for_the_retry_after_counted_from_when_it_was_seen() -> None:
@@ -124,7 +132,9 @@ def test_execution_time_budget_delays_before_the_server_would_throttle() -> None
         ticket = t.acquire()
         clock.now += 1.0
         t.release(ticket, 200)
-    assert t.usage()["execution_ms"] == pytest.approx(4000.0)
+    # the window holds 4 × 1 000 ms: one more (estimated at 1 000 ms) fits 5 000 ms, not 4 999 ms
+    assert admits_now(t, clock, max_execution_ms=5000.0) and not admits_now(t, clock, max_execution_ms=4999.0)
+    t.configure(replace(t.settings, max_execution_ms=4000.0))
     first_answer = 1001.0
     ticket = t.acquire()  # waits until the first answer's 1 000 ms leaves the window
     assert ticket.started >= first_answer + 10.0
@@ -157,14 +167,18 @@ def test_request_count_budget_with_margin() -> None:
 
 def test_429s_are_not_counted_against_the_budgets_but_timeouts_are() -> None:
     clock = FakeClock()
-    t = make(clock, window_seconds=10.0)
+    t = make(clock, window_seconds=10.0, safety_margin=1.0)
     a = t.acquire()
     clock.now += 2.0
     t.release(a, 429, retry_after=0.0)
     b = t.acquire()
     clock.now += 2.0
     t.release(b, None)  # no answer: it may have run on the server
-    assert t.usage()["requests"] == 1 and t.usage()["execution_ms"] == pytest.approx(2000.0)
+    # one request in the window (the timeout): room for one more under a budget of 2, none under a budget of 1
+    assert admits_now(t, clock, max_requests=2) and not admits_now(t, clock, max_requests=1)
+    # its 2 000 ms count (+ the 1 000 ms estimate for the next): fits 3 000 ms, not 2 999 ms
+    assert admits_now(t, clock, max_requests=1000, max_execution_ms=3000.0)
+    assert not admits_now(t, clock, max_execution_ms=2999.0)
 
 
 def test_settings_from_extras_and_overrides() -> None:
