@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -28,6 +29,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if E2E_DIR in item.path.parents:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _no_handler_on_a_closed_stream() -> None:
+    """An earlier test's ``dag.test()`` may leave a log handler on the stream pytest captured for that test; once
+    the stream is closed every record through it prints "--- Logging error ---" with the exception being handled
+    at the time, which is another test's noise in this test's output. Such handlers are dropped before each test."""
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

@@ -176,14 +176,14 @@ def test_the_plan_gives_each_create_the_owner_of_the_first_matching_rule_or_the_
     creates = {op.applicant_id: op for op in ops if op.action == CREATE}
     assert set(creates) == set(expected)
     assert {aid: op.owner_id for aid, op in creates.items()} == expected  # the bind in each create's body
-    assert all(op.payload["ownerid@odata.bind"] == f"/systemusers({expected[aid]})" for aid, op in creates.items())
+    assert all(op.body["ownerid@odata.bind"] == f"/systemusers({expected[aid]})" for aid, op in creates.items())
     used = Counter(expected.values())
     assert used[users["eva"]] > 0 and used[users["bruno"]] > 0 and used[users["anna"]] > 0, used
     # one resolution (preflight's record); the plan keeps no second copy of the owner ids
     preflight = json.loads((latest_run(env) / "preflight.json").read_text())
     assert preflight["owners"] == {"default": users["anna"], "rules": [users["eva"], users["bruno"]]}
     assert "owners" not in meta and "owner_id" not in meta
-    assert all(op.owner_id is None and "ownerid@odata.bind" not in op.payload for op in ops if op.action != CREATE)
+    assert all(op.owner_id is None and "ownerid@odata.bind" not in (op.body or {}) for op in ops if op.action != CREATE)
 
 
 def test_created_leads_are_owned_per_rule(owner_run: Any) -> None:

@@ -192,7 +192,7 @@ def test_reports_outcomes_results_logs_and_ledger_carry_no_names_emails_or_phone
         allowed = allowed_columns(DEFAULT) | set(DEFAULT_WITHDRAWAL_FLAGS) | {"statecode", "statuscode"}
         for line in plan.read_text(encoding="utf-8").splitlines() if plan.exists() else ():
             op = json.loads(line)
-            body = dict(op["payload"])
+            body = dict(op["body"] or {})
             owner = body.pop("ownerid@odata.bind", None)  # a create's owner: a user GUID, no applicant data
             assert owner is None or (op["action"] == "create" and re.fullmatch(r"/systemusers\([0-9a-f-]{36}\)", owner))
             assert set(body) <= allowed  # only mapped fields leave DreamApply

@@ -30,6 +30,7 @@ from d365.hooks.answers import odata_entity
 from d365.hooks.dynamics_batch import (
     MAX_BATCH_OPERATIONS,
     BatchOperation,
+    BatchRequest,
     BatchResult,
     build_batch,
     map_batch_results,
@@ -48,6 +49,7 @@ __all__ = [
     "AlternateKey",
     "AttributeInfo",
     "BatchOperation",
+    "BatchRequest",
     "BatchResult",
     "DynamicsConnectionSettings",
     "DynamicsHook",
@@ -159,13 +161,14 @@ class DynamicsHook(DynamicsQueries, DynamicsMetadataReads):
     # -- $batch -----------------------------------------------------------------------------------------------
     def execute_batch(
         self,
-        operations: Sequence[BatchOperation],
+        operations: Sequence[BatchRequest],
         *,
         continue_on_error: bool = True,
         changeset_per_operation: bool = False,
         idempotent: bool = True,
     ) -> list[BatchResult]:
-        """Run up to 1000 operations in one ``$batch`` request; one result per operation, in order.
+        """Run up to 1000 operations in one ``$batch`` request; one result per operation, in order. Each is sent
+        as it is (a ``BatchOperation``, or the sync's planned ``Operation``: any ``BatchRequest``).
 
         ``idempotent`` (all operations safe to repeat, e.g. upserts) lets a 5xx/timeout resend the whole batch.
         With ``continue_on_error=False`` the batch stops at the first failure: later operations come back with

@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from d365.hooks.errors import DynamicsError, dynamics_error_from_response
@@ -40,9 +40,27 @@ _LINE_RE = re.compile(rb"\r?\n")
 _URL_SAFE = "/:@!$&'()*+,;=?%~-._"
 
 
+class BatchRequest(Protocol):
+    """What the encoder reads of one request: any object with these attributes is sent as it is (the sync's
+    planned ``Operation`` is one, so a planned request is never copied into another shape before it is sent).
+    ``url`` is relative to ``/api/data/v9.2/``; ``record`` is what errors call the row (never a value of it)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def body(self) -> Mapping[str, Any] | None: ...
+    @property
+    def headers(self) -> Mapping[str, str] | None: ...
+    @property
+    def record(self) -> str | None: ...
+
+
 @dataclass
 class BatchOperation:
-    """One request of a batch. ``url`` is relative to ``/api/data/v9.2/`` (e.g. ``leads(<guid>)``)."""
+    """One ad-hoc request of a batch (a ``BatchRequest``). ``url`` is relative to ``/api/data/v9.2/``
+    (e.g. ``leads(<guid>)``)."""
 
     method: str
     url: str
@@ -60,7 +78,7 @@ class BatchResult:
     operations that ran before a stopping failure (Dataverse sends no answer for them).
     """
 
-    operation: BatchOperation
+    operation: BatchRequest
     status: int | None
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
@@ -121,8 +139,10 @@ def _request_path(url: str, api_path: str) -> str:
     return api_path.rstrip("/") + "/" + quote(url.lstrip("/"), safe=_URL_SAFE)
 
 
-def _encode_request(op: BatchOperation, api_path: str, content_id: str) -> str:
+def _encode_request(op: BatchRequest, api_path: str, content_id: str) -> str:
     method = op.method.upper()
+    if not op.url:
+        raise ValueError(f"batch operation {content_id} ({op.record or 'no record'}) has no url")
     lines = [
         "Content-Type: application/http",
         "Content-Transfer-Encoding: binary",
@@ -146,7 +166,7 @@ def _encode_request(op: BatchOperation, api_path: str, content_id: str) -> str:
 
 
 def build_batch(
-    operations: Sequence[BatchOperation],
+    operations: Sequence[BatchRequest],
     *,
     changeset_per_operation: bool = False,
     api_path: str = "/api/data/v9.2/",
@@ -296,7 +316,7 @@ def parse_batch_response(content_type: str | None, body: bytes) -> list[Response
 
 
 # -- mapping answers to operations -----------------------------------------------------------------------
-def _result_for(op: BatchOperation, part: ResponsePart, default_retry_after: float) -> BatchResult:
+def _result_for(op: BatchRequest, part: ResponsePart, default_retry_after: float) -> BatchResult:
     body = part.json()
     error = None
     if part.status >= 400:
@@ -305,7 +325,7 @@ def _result_for(op: BatchOperation, part: ResponsePart, default_retry_after: flo
             part.headers,
             body,
             method=op.method.upper(),
-            path=op.url.split("?", 1)[0],
+            path=(op.url or "").split("?", 1)[0],
             record=op.record,
             default_retry_after=default_retry_after,
         )
@@ -313,7 +333,7 @@ def _result_for(op: BatchOperation, part: ResponsePart, default_retry_after: flo
 
 
 def map_batch_results(
-    operations: Sequence[BatchOperation],
+    operations: Sequence[BatchRequest],
     plan: BatchPlan,
     parts: list[ResponsePart],
     *,

@@ -84,7 +84,7 @@ def check_request(op: Operation, entity_set: str) -> None:
         raise PlanRefused(f"{where}: method {op.method!r} is not a planned write")
     if op.action == CREATE and op.owner_id is None:
         raise PlanRefused(f"{where}: a create without an owner bind; the plan gives every create its owner")
-    if op.action != CREATE and OWNER_BIND in op.payload:
+    if op.action != CREATE and OWNER_BIND in (op.body or {}):
         raise PlanRefused(f"{where}: only a create sets the owner; updates keep the lead's owner")
 
 
@@ -171,8 +171,6 @@ class LoadLeadsOperator(BaseOperator):
         self.dynamics365_conn_id, self.entity_set = given["connection"], given["entity set"]
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from d365.hooks.dynamics import BatchOperation
-
         folder = RunFolder(self.run_folder)
         run_id = context.get("run_id", None)
         ledger = Ledger(self.ledger_url or default_ledger_url())
@@ -198,9 +196,8 @@ class LoadLeadsOperator(BaseOperator):
                 )
                 with folder.file(RESULTS_FILE).open("a", encoding="utf-8") as results_fh:
 
-                    def send(chunk: list[Operation]) -> list[Any]:
-                        batch = [self._batch_operation(BatchOperation, op) for op in chunk]
-                        return hook.execute_batch(batch, continue_on_error=True, idempotent=True)
+                    def send(chunk: list[Operation]) -> list[Any]:  # the planned requests, sent as they are
+                        return hook.execute_batch(chunk, continue_on_error=True, idempotent=True)
 
                     failure = self._run_batches(
                         send, itertools.chain([first], batches), workers, ledger, results_fh, run_id, counts
@@ -384,17 +381,6 @@ class LoadLeadsOperator(BaseOperator):
         return pending
 
     @staticmethod
-    def _batch_operation(factory: Any, op: Operation) -> Any:
-        """The planned request in the hook's wire type, unchanged (a DELETE has no body)."""
-        return factory(
-            method=op.method,
-            url=op.url,
-            body=dict(op.payload) if op.method != "DELETE" else None,
-            headers=dict(op.headers) or None,
-            record=str(op.applicant_id),
-        )
-
-    @staticmethod
     def _outcomes(chunk: list[Operation], results: Sequence[Any]) -> tuple[list[LedgerUpdate], list[dict[str, Any]]]:
         updates: list[LedgerUpdate] = []
         rows: list[dict[str, Any]] = []
@@ -451,7 +437,7 @@ class LoadLeadsOperator(BaseOperator):
             err = res.error
             code = getattr(err, "code", None) or (str(res.status) if res.status else "not_executed")
             message = getattr(err, "message", None) or "the operation was not executed"
-            message = redact(message, op.payload.values()) or message
+            message = redact(message, (op.body or {}).values()) or message
             updates.append(
                 LedgerUpdate(
                     op.applicant_id,

@@ -55,12 +55,12 @@ class OptionsResult:
         }
 
 
-def needed_options(rows: Iterable[Mapping[str, Any]]) -> dict[OptionKey, tuple[str, str]]:
-    """(attribute, normalised label) → (attribute, label as first seen), over every row's
-    ``options_needed`` (pairs), rows in the order given."""
+def needed_options(leads: Iterable[Any]) -> dict[OptionKey, tuple[str, str]]:
+    """(attribute, normalised label) → (attribute, label as first seen), over every lead's
+    ``options_needed`` (pairs; a ``MappedLead``), leads in the order given."""
     wanted: dict[OptionKey, tuple[str, str]] = {}
-    for row in rows:
-        for attribute, label in row.get("options_needed") or ():
+    for lead in leads:
+        for attribute, label in lead.options_needed or ():
             wanted.setdefault(option_key(attribute, label), (attribute, label))
     return wanted
 

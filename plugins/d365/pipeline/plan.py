@@ -41,6 +41,7 @@ from typing import Any
 
 from d365.pipeline.identity import lead_id_for
 from d365.pipeline.ledger import LeadState, LedgerEntry
+from d365.pipeline.mapping_result import MappedLead
 from d365.pipeline.owners import OwnerIds
 
 CREATE = "create"
@@ -66,16 +67,6 @@ class PlanError(ValueError):
 
 
 @dataclass
-class LeadPayload:
-    """One applicant's lead payload as computed by ``mapping`` (what the transform step writes)."""
-
-    applicant_id: int
-    payload: dict[str, Any]
-    payload_hash: str
-    email: str | None = None
-
-
-@dataclass
 class ExistingLead:
     lead_id: str
     applicant_key: str | None = None  # value of the alternate-key column, if any
@@ -85,17 +76,19 @@ class ExistingLead:
 
 @dataclass
 class Operation:
-    """One applicant's planned outcome; for a write, after ``final_requests``, the request exactly as sent.
+    """One applicant's planned outcome; for a write, after ``final_requests``, the request exactly as sent:
+    the hook's ``$batch`` encoder reads ``method``, ``url``, ``headers``, ``body`` and ``record`` from it as it is
+    (``hooks.dynamics_batch.BatchRequest``), so the plan file holds the wire request, not a draft of it.
 
-    ``payload`` is the final body (a create's includes ``ownerid@odata.bind``); ``payload_hash`` is the hash of
-    the mapped columns only (the module docstring says why the owner is left out).
+    ``body`` is the final body (a create's includes ``ownerid@odata.bind``; None for a ``DELETE``);
+    ``payload_hash`` is the hash of the mapped columns only (the module docstring says why the owner is left out).
     """
 
     applicant_id: int
     action: str
     lead_id: str | None
     payload_hash: str
-    payload: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any] | None = field(default_factory=dict)
     adopted: bool = False
     method: str = "PATCH"  # "DELETE" for a withdrawal or erasure that deletes the lead
     reason: str | None = None  # withdraw / erase / erased: what was done and why (goes to the ledger)
@@ -103,9 +96,14 @@ class Operation:
     headers: dict[str, str] = field(default_factory=dict)
 
     @property
+    def record(self) -> str:
+        """What an error names: the applicant id (never a value of the lead)."""
+        return str(self.applicant_id)
+
+    @property
     def owner_id(self) -> str | None:
         """The systemuserid a create binds as its owner (None for every other operation)."""
-        bind = self.payload.get(OWNER_BIND)
+        bind = (self.body or {}).get(OWNER_BIND)
         if isinstance(bind, str) and bind.startswith("/systemusers(") and bind.endswith(")"):
             return bind[len("/systemusers(") : -1]
         return None
@@ -115,12 +113,16 @@ class Operation:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Operation:
-        """Known fields only: a plan written by an older version loads, and the load's checks then refuse it."""
+        """Known fields only: a plan written by an older version loads, and the load's checks then refuse it
+        (a plan of the version before ``body`` was called ``payload`` loads as it was written)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "body" not in data and isinstance(data.get("payload"), dict):
+            values["body"] = data["payload"]
+        return cls(**values)
 
 
-def needs_lookup(mapped: Iterable[LeadPayload], entries: Mapping[int, LedgerEntry]) -> list[LeadPayload]:
+def needs_lookup(mapped: Iterable[MappedLead], entries: Mapping[int, LedgerEntry]) -> list[MappedLead]:
     """The applicants whose lead the ledger cannot name: only these cost Dynamics lookups (erased ones never)."""
     return [
         m
@@ -130,7 +132,7 @@ def needs_lookup(mapped: Iterable[LeadPayload], entries: Mapping[int, LedgerEntr
 
 
 def plan_operations(
-    mapped: Iterable[LeadPayload],
+    mapped: Iterable[MappedLead],
     entries: Mapping[int, LedgerEntry],
     *,
     instance: str,
@@ -147,8 +149,8 @@ def plan_operations(
     requested_ids = {int(i) for i in requested}
     claimed: set[str] = set()
     ops: list[Operation] = []
-    for m in sorted(mapped, key=lambda x: x.applicant_id):
-        aid = m.applicant_id
+    for m in sorted(mapped, key=lambda x: int(x.applicant_id or 0)):
+        aid = int(m.applicant_id or 0)
         entry = entries.get(aid)
         asked = aid in requested_ids
         known_id = entry.lead_id if entry is not None else None
@@ -156,20 +158,15 @@ def plan_operations(
             ops.append(Operation(aid, ERASED, known_id, "", reason="erased earlier: never sent again"))
             continue
         if known_id:
-            if (
-                not force
-                and entry is not None
-                and entry.state is LeadState.SENT
-                and entry.payload_hash == m.payload_hash
-            ):
-                ops.append(Operation(aid, UNCHANGED, known_id, m.payload_hash))
+            if not force and entry is not None and entry.state is LeadState.SENT and entry.payload_hash == m.hash:
+                ops.append(Operation(aid, UNCHANGED, known_id, m.hash))
                 continue
             action = UPDATE if (automatic_updates or asked) else UPDATES_OFF
             ops.append(_op(aid, action, known_id, m, adopted=bool(entry and entry.adopted)))
             claimed.add(known_id)
             continue
         if not (send_all_new or asked):
-            ops.append(Operation(aid, NOT_SELECTED, None, m.payload_hash))
+            ops.append(Operation(aid, NOT_SELECTED, None, m.hash))
             continue
         own = by_applicant_key.get(str(aid))
         if own is not None and own.lead_id not in claimed:
@@ -187,9 +184,9 @@ def plan_operations(
     return ops
 
 
-def _op(aid: int, action: str, lead_id: str, m: LeadPayload, *, adopted: bool = False) -> Operation:
-    payload = dict(m.payload) if action in UPSERTS else {}
-    return Operation(aid, action, lead_id, m.payload_hash, payload, adopted=adopted)
+def _op(aid: int, action: str, lead_id: str, m: MappedLead, *, adopted: bool = False) -> Operation:
+    body = dict(m.payload) if action in UPSERTS else {}
+    return Operation(aid, action, lead_id, m.hash, body, adopted=adopted)
 
 
 def owner_for_create(owners: OwnerIds, rule: int | None, applicant_id: int) -> str:
@@ -222,7 +219,7 @@ def final_requests(
         if op.action in WRITES:
             if not op.lead_id:
                 raise PlanError(f"applicant {op.applicant_id}: a {op.action} without a lead id")
-            body = dict(op.payload)
+            body = dict(op.body or {})
             body.pop(OWNER_BIND, None)  # only a create is owned, and only as decided here
             if op.action in UPSERTS:
                 op.method, op.url, op.headers = "PATCH", f"{entity_set}({op.lead_id})?$select=leadid", UPSERT_HEADERS
@@ -230,16 +227,16 @@ def final_requests(
                     owner = owner_for_create(owners, owner_rules.get(op.applicant_id), op.applicant_id)
                     body[OWNER_BIND] = f"/systemusers({owner})"
             elif op.method == "DELETE":
-                op.url, op.headers, body = f"{entity_set}({op.lead_id})", {}, {}
+                op.url, op.headers = f"{entity_set}({op.lead_id})", {}
             else:
                 op.method, op.url, op.headers = "PATCH", f"{entity_set}({op.lead_id})", UPDATE_ONLY_HEADERS
-            op.payload = body
+            op.body = None if op.method == "DELETE" else body  # a DELETE sends no body
             op.headers = dict(op.headers)
         done.append(op)
     return done
 
 
-def _adoptable(m: LeadPayload, by_email: Mapping[str, list[ExistingLead]], claimed: set[str]) -> ExistingLead | None:
+def _adoptable(m: MappedLead, by_email: Mapping[str, list[ExistingLead]], claimed: set[str]) -> ExistingLead | None:
     if not m.email:
         return None
     candidates = [

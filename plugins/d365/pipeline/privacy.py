@@ -159,7 +159,7 @@ def unexpected_columns(ops: Iterable[Operation], settings: Settings) -> dict[int
     found: dict[int, list[str]] = {}
     for op in ops:
         allowed = mapped if op.action in UPSERTS else privacy
-        extra = sorted(set(op.payload) - allowed)
+        extra = sorted(set(op.body or {}) - allowed)
         if extra:
             found[op.applicant_id] = extra
     return found

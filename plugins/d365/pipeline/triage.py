@@ -44,6 +44,7 @@ from typing import Any
 
 from d365.pipeline.fit import AttributeSpec
 from d365.pipeline.ledger import LeadState
+from d365.pipeline.mapping_result import MappedLead
 from d365.pipeline.quality import QualityResult, summary_markdown, validate_applicants
 from d365.pipeline.runfiles import (
     QUALITY_FIELD_ISSUES,
@@ -60,7 +61,7 @@ _SAFE_MESSAGES = frozenset({"too_long", "empty", "unknown_attribute", "error"})
 
 @dataclass
 class TriageResult:
-    leads: list[dict[str, Any]]  # applicant_id, payload, payload_hash, email, issues (transform/leads.jsonl)
+    leads: list[MappedLead]  # what the transform writes to transform/leads.jsonl (``MappedLead.to_dict``)
     outcomes: list[dict[str, Any]]  # one per row that is not a lead: applicant_id, state, reason, row
     quality: QualityResult
     lead_rows: list[int] = field(default_factory=list)  # row position of each lead
@@ -177,7 +178,7 @@ def triage_applicants(
     )
     mapper = Mapper(settings, schema, catalog if isinstance(catalog, Mapping) else {}, instance=instance)
     email_column = settings.dedupe.email_column
-    leads: list[dict[str, Any]] = []
+    leads: list[MappedLead] = []
     lead_rows: list[int] = []
     outcomes: list[dict[str, Any]] = []
 
@@ -219,19 +220,10 @@ def triage_applicants(
             needed = ", ".join(f"{attr}={label!r}" for attr, label in mapped.options_needed)
             out(row, LeadState.QUARANTINED, [f"no picklist option for {needed}"])
             continue
-        lead: dict[str, Any] = {
-            "applicant_id": quality.applicant_ids[row],
-            "payload": mapped.payload,
-            "payload_hash": mapped.hash,
-            # adoption by e-mail only with an address that passed its checks
-            "email": None if "email" in actions else (mapped.payload.get(email_column) or applicant.get("email")),
-            "issues": [i.to_dict() for i in mapped.issues],
-        }
-        if mapped.options_needed:  # pending: the plan adds the options and fills the payload
-            lead["options_needed"] = [list(o) for o in mapped.options_needed]
-        if mapped.owner_rule is not None:
-            lead["owner_rule"] = mapped.owner_rule
-        leads.append(lead)
+        # adoption by e-mail only with an address that passed its checks
+        mapped.email = None if "email" in actions else (mapped.payload.get(email_column) or applicant.get("email"))
+        mapped.applicant_id = quality.applicant_ids[row]
+        leads.append(mapped)
         lead_rows.append(row)
 
     return TriageResult(leads, outcomes, quality, lead_rows=lead_rows)

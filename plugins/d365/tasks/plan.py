@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -13,11 +14,11 @@ from d365.pipeline.ledger import (
     Ledger,
     parked_records,
 )
+from d365.pipeline.mapping_result import MappedLead
 from d365.pipeline.owners import OwnerIds
 from d365.pipeline.plan import (
     WRITES,
     ExistingLead,
-    LeadPayload,
     needs_lookup,
     plan_operations,
     summarize,
@@ -67,10 +68,12 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
         for o in rc.folder.read_jsonl(TRANSFORM_OUTCOMES)
         if o.get("state") == LeadState.SKIPPED_CONSENT.value and (aid := _applicant_id(o.get("applicant_id")))
     ]
-    rows = [r for r in rc.folder.read_jsonl(TRANSFORM_LEADS) if int(r["applicant_id"]) not in erased_ids]
-    mapped = [LeadPayload(int(r["applicant_id"]), r["payload"], r["payload_hash"], r.get("email")) for r in rows]
-    owner_rule = {int(r["applicant_id"]): r["owner_rule"] for r in rows if r.get("owner_rule") is not None}
-    needs = {int(r["applicant_id"]): r["options_needed"] for r in rows if r.get("options_needed")}
+    mapped = [
+        lead
+        for lead in map(MappedLead.from_dict, rc.folder.read_jsonl(TRANSFORM_LEADS))
+        if lead.applicant_id not in erased_ids
+    ]
+    owner_rule = {m.applicant_id: m.owner_rule for m in mapped if m.owner_rule is not None}
     ledger = Ledger(rc.ledger_url)
     try:
         rc.hold_lock(ledger, "plan")
@@ -91,17 +94,18 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
     rc.folder.write_json(PLAN_PARKED, {"held": held})
     dyn: Any = None
     options_meta: dict[str, Any] = {}
-    if rc.dry_run and any(m.applicant_id in needs for m in mapped):  # reported as "would add", nothing inserted
+    pending = [m for m in mapped if m.options_needed]
+    if rc.dry_run and pending:  # reported as "would add", nothing inserted
         from d365.pipeline.picklists import needed_options
 
-        wanted = needed_options({"options_needed": needs[m.applicant_id]} for m in mapped if m.applicant_id in needs)
+        wanted = needed_options(pending)
         options_meta = {
             "dry_run": True,
             "would_add": [{"attribute": a, "label": label} for a, label in wanted.values()],
         }
-    elif any(m.applicant_id in needs for m in mapped):  # picklist options to add: once per run, one publish
+    elif pending:  # picklist options to add: once per run, one publish
         dyn = DynamicsHook(target.connection_id)
-        mapped, options_meta = _add_options(rc, dyn, target.entity, mapped, needs)
+        mapped, options_meta = _add_options(rc, dyn, target.entity, mapped)
     unknown = needs_lookup(mapped, entries)
     by_key: dict[str, ExistingLead] = {}
     by_email: dict[str, list[ExistingLead]] = {}
@@ -156,16 +160,15 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
 
 
 def _add_options(
-    rc: RunContext, dyn: Any, entity: str, mapped: list[LeadPayload], needs: Mapping[int, list[list[str]]]
-) -> tuple[list[LeadPayload], dict[str, Any]]:
+    rc: RunContext, dyn: Any, entity: str, mapped: list[MappedLead]
+) -> tuple[list[MappedLead], dict[str, Any]]:
     """Add the picklist options the pending leads need (``picklists.ensure_options``: deduped, metadata
     re-read once with ``Consistency: Strong``, one ``PublishXml``), fill their payloads and hashes. Leads
     whose option could not be added leave the plan as failed (ledger: retried next run)."""
-    from d365.pipeline.mapping import payload_hash
     from d365.pipeline.picklists import ensure_options, fill_options, needed_options
 
-    pending = sorted((m for m in mapped if m.applicant_id in needs), key=lambda m: m.applicant_id)
-    wanted = needed_options({"options_needed": needs[m.applicant_id]} for m in pending)
+    pending = sorted((m for m in mapped if m.options_needed), key=lambda m: int(m.applicant_id or 0))
+    wanted = needed_options(pending)
     attributes = {attribute for attribute, _ in wanted.values()}
 
     def current() -> dict[str, Any]:
@@ -182,22 +185,22 @@ def _add_options(
         publish=lambda: dyn.publish_xml(entity),
         error_code=code,
     )
-    out: list[LeadPayload] = []
+    out: list[MappedLead] = []
     failed: dict[int, str] = {}
     for m in mapped:
-        if m.applicant_id not in needs:
+        if not m.options_needed:
             out.append(m)
             continue
-        payload, missing = fill_options(m.payload, needs[m.applicant_id], result.values)
+        payload, missing = fill_options(m.payload, m.options_needed, result.values)
         if missing:
             codes = sorted({result.failed.get(k, "") for k in result.failed if k[0] in missing} - {""})
-            failed[m.applicant_id] = (
+            failed[int(m.applicant_id or 0)] = (
                 f"picklist: the option needed for {', '.join(sorted(set(missing)))} could not be added"
                 + (f" ({', '.join(codes)})" if codes else "")
                 + "; retried next run"
             )
             continue
-        out.append(LeadPayload(m.applicant_id, payload, payload_hash(payload), m.email))
+        out.append(replace(m, payload=payload, options_needed=[]))  # a new lead, so its hash is taken again
     if failed:  # their outcome: failed, through transform/outcomes.jsonl (commit records it, report counts it)
         outcomes = rc.folder.read_jsonl(TRANSFORM_OUTCOMES)
         kept = [o for o in outcomes if _applicant_id(o.get("applicant_id")) not in failed]
@@ -224,7 +227,7 @@ def _lookup_existing(
     entity_set: str,
     primary_id: str,
     s: Settings,
-    unknown: list[LeadPayload],
+    unknown: list[MappedLead],
     by_key: dict[str, ExistingLead],
     by_email: dict[str, list[ExistingLead]],
 ) -> int:

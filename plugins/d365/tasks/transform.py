@@ -80,7 +80,7 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
         )
         log.error(message)
         raise AirflowFailException(message)  # retries cannot fix the data: fail the task at once
-    rc.folder.write_jsonl(TRANSFORM_LEADS, result.leads)
+    rc.folder.write_jsonl(TRANSFORM_LEADS, (lead.to_dict() for lead in result.leads))
     if full and not rc.dry_run:  # a dry run leaves the ledger untouched
         ledger = Ledger(rc.ledger_url)
         try:

@@ -186,8 +186,8 @@ def test_5000_leads_through_429_storms_503s_resets_latency_and_token_expiry(
         (lead,) = by_applicant[str(aid)]
         op_ = plan[aid]
         assert lead["leadid"] == op_.lead_id
-        assert {k: lead.get(k) for k in op_.payload if k != OWNER_BIND} == {
-            k: v for k, v in op_.payload.items() if k != OWNER_BIND
+        assert {k: lead.get(k) for k in op_.body if k != OWNER_BIND} == {
+            k: v for k, v in op_.body.items() if k != OWNER_BIND
         }
         assert op_.owner_id is not None and lead["_ownerid_value"] == op_.owner_id  # the planned owner, as sent
 

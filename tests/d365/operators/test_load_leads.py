@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from d365.hooks.dynamics_batch import BatchOperation, BatchResult
+from d365.hooks.dynamics_batch import BatchResult, build_batch
 from d365.hooks.errors import DynamicsError, DynamicsNotFound
 from d365.operators.load_leads import LoadLeadsOperator, PlanRefused, check_request
 from d365.pipeline.ledger import LeadState
@@ -13,7 +15,7 @@ from d365.pipeline.plan import ADOPT, CREATE, ERASE, UPDATE, WITHDRAW, Operation
 
 
 def result(op: Operation, status: int | None, error: Exception | None = None) -> BatchResult:
-    return BatchResult(operation=BatchOperation("PATCH", "x"), status=status, error=error)  # type: ignore[arg-type]
+    return BatchResult(operation=op, status=status, error=error)  # type: ignore[arg-type]
 
 
 def test_the_load_sends_each_request_as_planned() -> None:
@@ -25,14 +27,25 @@ def test_the_load_sends_each_request_as_planned() -> None:
     planned = final_requests(
         [patch, delete, create, update], entity_set="uni_leads", owners=OwnerIds("OWNER"), owner_rules={}
     )
-    p, d, c, u = (LoadLeadsOperator._batch_operation(BatchOperation, op) for op in planned)
+    p, d, c, u = planned
     assert (p.method, p.url, p.body, p.headers) == ("PATCH", "uni_leads(L1)", {"donotemail": True}, {"If-Match": "*"})
-    assert (d.method, d.url, d.body, d.headers) == ("DELETE", "uni_leads(L2)", None, None)
+    assert (d.method, d.url, d.body, d.headers) == ("DELETE", "uni_leads(L2)", None, {})
     assert (c.method, c.url) == ("PATCH", "uni_leads(L3)?$select=leadid")
     assert c.body == {"lastname": "X", "ownerid@odata.bind": "/systemusers(OWNER)"}
     assert c.headers == {"Prefer": "return=representation"}
     assert u.body == {"lastname": "Y"} and u.headers == {"Prefer": "return=representation"}
-    assert [b.record for b in (p, d, c, u)] == ["1", "2", "3", "4"]
+    assert [op.record for op in planned] == ["1", "2", "3", "4"]
+    # the planned operations are what the $batch encoder reads: each part is its request, nothing added or lost
+    _, body = build_batch(planned)
+    parts = body.decode("utf-8").split("--batch_")[1:-1]
+    assert len(parts) == 4
+    for op, part in zip(planned, parts, strict=True):
+        head, _, payload = part.partition("HTTP/1.1\r\n")
+        assert f"{op.method} /api/data/v9.2/{op.url} " in head
+        for name, value in op.headers.items():
+            assert f"{name}: {value}\r\n" in payload
+        sent = payload.split("\r\n\r\n", 1)[1].strip()
+        assert (json.loads(sent) if sent else None) == op.body
 
 
 @pytest.mark.parametrize(

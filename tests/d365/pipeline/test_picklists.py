@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from d365.pipeline.fit import AttributeSpec, FitPolicy, LeadSchema, fit_value
+from d365.pipeline.mapping_result import MappedLead
 from d365.pipeline.picklists import ensure_options, fill_options, needed_options, option_key
 from d365.pipeline.settings import load_settings, parse_settings
 from d365.pipeline.triage import triage_applicants
@@ -71,8 +72,8 @@ class FakeDynamics:
         return ensure_options(wanted, current=self.current, insert=self.insert, publish=self.publish)
 
 
-def rows(*needs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    return [{"applicant_id": i, "options_needed": [list(n) for n in need]} for i, need in enumerate(needs, 1)]
+def rows(*needs: list[tuple[str, str]]) -> list[MappedLead]:
+    return [MappedLead(i, {}, options_needed=list(need)) for i, need in enumerate(needs, 1)]
 
 
 def test_the_same_option_needed_by_many_leads_is_added_once_and_published_once() -> None:
@@ -175,10 +176,10 @@ def test_transform_keeps_allowed_missing_options_as_pending_leads() -> None:
         add_options=True,
     )
     assert result.outcomes == []
-    pending = {lead["applicant_id"]: lead for lead in result.leads}
-    assert pending[21]["options_needed"] == [["uni_leadstage", "Rejected"]]
-    assert "uni_leadstage" not in pending[21]["payload"]
-    assert "options_needed" not in pending[22]
+    pending = {lead.applicant_id: lead for lead in result.leads}
+    assert pending[21].options_needed == [("uni_leadstage", "Rejected")]
+    assert "uni_leadstage" not in pending[21].payload
+    assert pending[22].options_needed == []
 
 
 def test_transform_quarantines_a_not_allowed_option_naming_the_attribute_not_the_value() -> None:

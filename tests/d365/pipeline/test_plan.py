@@ -9,6 +9,7 @@ import pytest
 from d365.pipeline.identity import lead_id_for
 from d365.pipeline.ledger import LeadState, LedgerEntry
 from d365.pipeline.mapping import payload_hash
+from d365.pipeline.mapping_result import MappedLead
 from d365.pipeline.owners import OwnerIds
 from d365.pipeline.plan import (
     ADOPT,
@@ -22,7 +23,6 @@ from d365.pipeline.plan import (
     UPDATES_OFF,
     WITHDRAW,
     ExistingLead,
-    LeadPayload,
     Operation,
     PlanError,
     final_requests,
@@ -35,12 +35,17 @@ from d365.pipeline.plan import (
 INSTANCE = "apply.example.edu"
 
 
-def lead(aid: int, h: str = "h", email: str | None = None) -> LeadPayload:
-    return LeadPayload(aid, {"firstname": f"A{aid}", "uni_applicantid": str(aid)}, h, email)
+def lead(aid: int, email: str | None = None) -> MappedLead:
+    return MappedLead(aid, {"firstname": f"A{aid}", "uni_applicantid": str(aid)}, email=email)
 
 
-def entry(aid: int, lead_id: str | None, h: str | None = "h", state: LeadState = LeadState.SENT) -> LedgerEntry:
-    return LedgerEntry(aid, lead_id, state, h, False, 0, None, None)
+SENT_AS_MAPPED = "the hash of lead(aid)"  # the ledger holds exactly what the transform mapped
+
+
+def entry(
+    aid: int, lead_id: str | None, h: str | None = SENT_AS_MAPPED, state: LeadState = LeadState.SENT
+) -> LedgerEntry:
+    return LedgerEntry(aid, lead_id, state, lead(aid).hash if h == SENT_AS_MAPPED else h, False, 0, None, None)
 
 
 def by_id(ops):  # type: ignore[no-untyped-def]
@@ -48,16 +53,16 @@ def by_id(ops):  # type: ignore[no-untyped-def]
 
 
 def test_unchanged_update_and_create() -> None:
-    entries = {1: entry(1, "L1", "h"), 2: entry(2, "L2", "old")}
+    entries = {1: entry(1, "L1"), 2: entry(2, "L2", "old")}
     ops = by_id(plan_operations([lead(1), lead(2), lead(3)], entries, instance=INSTANCE))
-    assert ops[1].action == UNCHANGED and ops[1].payload == {}
+    assert ops[1].action == UNCHANGED and ops[1].body == {}
     assert (ops[2].action, ops[2].lead_id) == (UPDATE, "L2")
     assert (ops[3].action, ops[3].lead_id) == (CREATE, lead_id_for(INSTANCE, 3))
-    assert ops[3].payload["firstname"] == "A3"
+    assert ops[3].body["firstname"] == "A3"
 
 
 def test_failed_entries_are_retried_even_with_the_same_hash() -> None:
-    ops = by_id(plan_operations([lead(1)], {1: entry(1, "L1", "h", LeadState.FAILED)}, instance=INSTANCE))
+    ops = by_id(plan_operations([lead(1)], {1: entry(1, "L1", state=LeadState.FAILED)}, instance=INSTANCE))
     assert ops[1].action == UPDATE
 
 
@@ -151,19 +156,19 @@ def final_plan(entries: dict[int, LedgerEntry], owner_rules: dict[int, int], **k
 
 def test_each_write_carries_its_final_request() -> None:
     """Method, URL (preflight's entity set + the lead id), headers and the exact body the load will send."""
-    entries = {1: entry(1, "L1", "old"), 6: entry(6, "L6", "h")}
+    entries = {1: entry(1, "L1", "old"), 6: entry(6, "L6")}
     ops = final_plan(entries, {2: 1, 3: 0, 1: 0, 4: 0, 5: 0})
     create = ops[2]
     assert (create.action, create.method) == (CREATE, "PATCH")
     assert create.url == f"uni_leads({lead_id_for(INSTANCE, 2)})?$select=leadid"
     assert create.headers == {"Prefer": "return=representation"}
-    assert create.payload == {"firstname": "A2", "uni_applicantid": "2", OWNER_BIND: f"/systemusers({EVA})"}
+    assert create.body == {"firstname": "A2", "uni_applicantid": "2", OWNER_BIND: f"/systemusers({EVA})"}
     assert (ops[1].action, ops[1].url, ops[1].headers) == (UPDATE, "uni_leads(L1)?$select=leadid", create.headers)
     assert (ops[4].action, ops[4].url) == (ADOPT, "uni_leads(ADOPTED)?$select=leadid")
     assert (ops[5].action, ops[5].url) == (UPDATE, "uni_leads(K5)?$select=leadid")
     assert (ops[7].method, ops[7].url, ops[7].headers) == ("PATCH", "uni_leads(L7)", {"If-Match": "*"})
-    assert ops[7].payload == {"donotemail": True}
-    assert (ops[8].method, ops[8].url, ops[8].headers, ops[8].payload) == ("DELETE", "uni_leads(L8)", {}, {})
+    assert ops[7].body == {"donotemail": True}
+    assert (ops[8].method, ops[8].url, ops[8].headers, ops[8].body) == ("DELETE", "uni_leads(L8)", {}, None)
     for no_request in (ops[6], ops[9]):  # unchanged, erased: nothing to send
         assert no_request.url is None and no_request.headers == {}
     # the final request survives the run folder's JSON Lines unchanged
@@ -176,11 +181,11 @@ def test_the_owner_is_bound_on_creates_only_never_on_updates_or_adoptions() -> N
     assert {aid: op.owner_id for aid, op in ops.items() if op.action == CREATE} == {2: EVA, 3: BRUNO, 6: ANNA}
     for op in ops.values():
         if op.action != CREATE:
-            assert OWNER_BIND not in op.payload and op.owner_id is None, op
+            assert OWNER_BIND not in (op.body or {}) and op.owner_id is None, op
     # an owner bind that reached an update's payload some other way is removed, never sent
     stray = Operation(1, UPDATE, "L1", "h", {"lastname": "X", OWNER_BIND: f"/systemusers({EVA})"})
     (update,) = final_requests([stray], entity_set="leads", owners=OWNERS, owner_rules={1: 1})
-    assert update.payload == {"lastname": "X"}
+    assert update.body == {"lastname": "X"}
 
 
 def test_owner_for_create_rule_first_then_the_contact_owner_and_never_nobody() -> None:
@@ -200,24 +205,24 @@ def test_the_payload_hash_leaves_the_owner_out_so_an_owner_change_resends_nothin
     mapped = {"firstname": "A1", "uni_applicantid": "1"}
     h = payload_hash(mapped)
     first = final_requests(
-        plan_operations([LeadPayload(1, mapped, h)], {}, instance=INSTANCE),
+        plan_operations([MappedLead(1, mapped)], {}, instance=INSTANCE),
         entity_set="leads",
         owners=OwnerIds(ANNA),
         owner_rules={},
     )[0]
     other = final_requests(
-        plan_operations([LeadPayload(1, mapped, h)], {}, instance=INSTANCE),
+        plan_operations([MappedLead(1, mapped)], {}, instance=INSTANCE),
         entity_set="leads",
         owners=OwnerIds(BRUNO),
         owner_rules={},
     )[0]
     assert (first.owner_id, other.owner_id) == (ANNA, BRUNO)
-    assert first.payload_hash == other.payload_hash == h != payload_hash(first.payload)
+    assert first.payload_hash == other.payload_hash == h != payload_hash(first.body or {})
     # next run, owner changed in the settings: the lead the ledger holds with that hash is left alone
     (again,) = final_requests(
-        plan_operations([LeadPayload(1, mapped, h)], {1: entry(1, first.lead_id, h)}, instance=INSTANCE),
+        plan_operations([MappedLead(1, mapped)], {1: entry(1, first.lead_id, h)}, instance=INSTANCE),
         entity_set="leads",
         owners=OwnerIds(BRUNO),
         owner_rules={},
     )
-    assert (again.action, again.url, again.payload) == (UNCHANGED, None, {})
+    assert (again.action, again.url, again.body) == (UNCHANGED, None, {})

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from d365.pipeline.fit import FitPolicy, LeadSchema, check_mapping, fit_value
 from d365.pipeline.ledger import LeadState, Ledger, LedgerEntry, LedgerUpdate
-from d365.pipeline.plan import ERASE, ERASED, UPDATE, WITHDRAW, LeadPayload, Operation, plan_operations
+from d365.pipeline.mapping_result import MappedLead
+from d365.pipeline.plan import ERASE, ERASED, UPDATE, WITHDRAW, Operation, plan_operations
 from d365.pipeline.privacy import (
     DEACTIVATE,
     ERASED_PLACEHOLDER,
@@ -100,7 +101,7 @@ def test_anonymise_clears_personal_columns_and_keeps_a_placeholder_for_required_
 def test_withdrawal_operation_per_action(action: str, method: str, payload: dict[str, Any]) -> None:
     entries = {1: entry(1, "L1")}
     [op] = withdrawal_operations([1], entries, with_actions(on_withdrawal=action))
-    assert (op.action, op.lead_id, op.method, op.payload) == (WITHDRAW, "L1", method, payload)
+    assert (op.action, op.lead_id, op.method, op.body) == (WITHDRAW, "L1", method, payload)
     assert op.reason == f"consent withdrawn: {action}"
 
 
@@ -119,9 +120,7 @@ def test_withdrawal_only_for_applicants_with_a_lead_not_yet_withdrawn_or_erased(
 
 
 def test_withdrawn_applicant_who_accepts_again_is_updated_again() -> None:
-    ops = plan_operations(
-        [LeadPayload(1, {"firstname": "A"}, "new")], {1: entry(1, "L1", LeadState.WITHDRAWN)}, instance="x"
-    )
+    ops = plan_operations([MappedLead(1, {"firstname": "A"})], {1: entry(1, "L1", LeadState.WITHDRAWN)}, instance="x")
     assert [(op.action, op.lead_id) for op in ops] == [(UPDATE, "L1")]
 
 
@@ -143,7 +142,7 @@ def test_erasure_operation_per_action(action: str, method: str) -> None:
     ops = {op.applicant_id: op for op in erasure_operations([1, 2, 3, 4, 5], entries, s, SCHEMA)}
     assert set(ops) == {1, 2, 3, 5}  # 4 was erased earlier
     # 5: the CRM action was done by an earlier run whose commit failed: no request again, only the scrub
-    assert (ops[5].action, ops[5].lead_id, ops[5].payload, ops[5].reason) == (
+    assert (ops[5].action, ops[5].lead_id, ops[5].body, ops[5].reason) == (
         ERASED,
         "L5",
         {},
@@ -156,18 +155,18 @@ def test_erasure_operation_per_action(action: str, method: str) -> None:
         "anonymise": anonymise_payload(s, SCHEMA),
         "flag": dict.fromkeys(DEFAULT_WITHDRAWAL_FLAGS, True),
     }[action]
-    assert ops[1].payload == expected
+    assert ops[1].body == expected
     for never_sent in (2, 3):  # known without a lead, or unknown: recorded, no request
-        assert (ops[never_sent].action, ops[never_sent].lead_id, ops[never_sent].payload) == (ERASED, None, {})
+        assert (ops[never_sent].action, ops[never_sent].lead_id, ops[never_sent].body) == (ERASED, None, {})
 
 
 def test_erased_applicants_are_never_sent_again_nor_looked_up() -> None:
     from d365.pipeline.plan import needs_lookup
 
-    mapped = [LeadPayload(4, {"firstname": "A"}, "h"), LeadPayload(5, {"firstname": "B"}, "h")]
+    mapped = [MappedLead(4, {"firstname": "A"}), MappedLead(5, {"firstname": "B"})]
     entries = {4: entry(4, None, LeadState.ERASED), 5: entry(5, "L5", LeadState.ERASED)}
     ops = plan_operations(mapped, entries, instance="x", force=True)
-    assert [(op.action, op.payload) for op in ops] == [(ERASED, {}), (ERASED, {})]
+    assert [(op.action, op.body) for op in ops] == [(ERASED, {}), (ERASED, {})]
     assert needs_lookup(mapped, entries) == []
 
 

@@ -77,9 +77,9 @@ def test_the_plan_binds_each_creates_owner_and_the_load_sends_it_as_planned(crm:
     plan_step(rc)
     ops = {op.applicant_id: op for op in map(Operation.from_json, rc.folder.read_jsonl(PLAN_OPERATIONS))}
     assert [ops[a].action for a in (1, 2, 3)] == [CREATE, CREATE, UPDATE]
-    assert ops[1].payload[OWNER_BIND] == f"/systemusers({eva})"  # rule 0's user
-    assert ops[2].payload[OWNER_BIND] == f"/systemusers({anna})"  # no rule: the contact owner
-    assert OWNER_BIND not in ops[3].payload  # an update never changes the owner
+    assert ops[1].body[OWNER_BIND] == f"/systemusers({eva})"  # rule 0's user
+    assert ops[2].body[OWNER_BIND] == f"/systemusers({anna})"  # no rule: the contact owner
+    assert OWNER_BIND not in ops[3].body  # an update never changes the owner
     assert ops[1].url == f"leads({lead_id_for(INSTANCE, 1)})?$select=leadid"
     meta = rc.folder.read_json(PLAN_META)
     assert meta["target"] == TARGET and "owners" not in meta and "owner_id" not in meta
@@ -116,7 +116,7 @@ def test_lead_lookup_fails_on_a_lying_answer_instead_of_finding_nothing(make_san
 
     from d365.hooks.dynamics import DynamicsHook
     from d365.hooks.errors import DynamicsMalformedAnswer
-    from d365.pipeline.plan import LeadPayload
+    from d365.pipeline.mapping_result import MappedLead
     from d365.pipeline.settings import load_settings
     from d365.tasks.plan import _lookup_existing
     from sandbox.client import airflow_connections
@@ -127,7 +127,7 @@ def test_lead_lookup_fails_on_a_lying_answer_instead_of_finding_nothing(make_san
     [lead_id] = client.post(
         "/dataverse/leads", [{"lastname": "Fair", "emailaddress1": "met@example.org", "subject": "x"}]
     )["ids"]
-    unknown = [LeadPayload(4242, {"lastname": "Met"}, "h", "met@example.org")]
+    unknown = [MappedLead(4242, {"lastname": "Met"}, email="met@example.org")]
     s = load_settings()
     dyn = DynamicsHook(max_retries=1)
     dyn.backoff_base = 0.01
@@ -152,7 +152,7 @@ def test_a_lookup_row_without_a_lead_id_is_an_error() -> None:
 
     from d365.hooks.dynamics_query import ValueLookup
     from d365.hooks.errors import DynamicsMalformedAnswer
-    from d365.pipeline.plan import LeadPayload
+    from d365.pipeline.mapping_result import MappedLead
     from d365.pipeline.settings import load_settings
     from d365.tasks.plan import _lookup_existing
 
@@ -163,7 +163,7 @@ def test_a_lookup_row_without_a_lead_id_is_an_error() -> None:
         def query_in(self, entity_set: str, column: str, values: list[str], **_: object) -> ValueLookup:
             return ValueLookup(self.rows, 1)
 
-    unknown = [LeadPayload(7, {}, "h", "a@example.org")]
+    unknown = [MappedLead(7, {}, email="a@example.org")]
     for row in ({"emailaddress1": "a@example.org"}, {"leadid": "not-a-guid", "emailaddress1": "a@example.org"},
                 {"leadid": "0f8fad5b-d9cb-469f-a165-70867728950e", "emailaddress1": 12}):  # fmt: skip
         with pytest.raises(DynamicsMalformedAnswer, match="lead lookup row"):
