@@ -47,6 +47,7 @@ from d365.operators.load_leads import LoadLeadsOperator
 from d365.pipeline.lock import poke_seconds, release_on_run_failure, wait_seconds
 from d365.runtime.alerts import FailureAlert
 from d365.timeouts import dagrun_timeout, task_timeout
+from d365.tuning import load_tuning
 
 DAG_ID = "dreamapply_to_dynamics365"
 DREAMAPPLY_POOL = "dreamapply_api"
@@ -166,8 +167,8 @@ def dreamapply_to_dynamics365() -> None:
         # the target preflight resolved (d365.pipeline.target): the load writes where preflight looked
         dynamics365_conn_id="{{ ti.xcom_pull(task_ids='preflight')['target']['connection_id'] }}",
         entity_set="{{ ti.xcom_pull(task_ids='preflight')['target']['entity_set'] }}",
-        batch_size=int(os.environ.get("D365_SYNC_BATCH_SIZE", "100")),
-        max_workers=int(os.environ.get("D365_SYNC_MAX_WORKERS", "16")),
+        batch_size=load_tuning().batch_size,
+        max_workers=load_tuning().max_workers,
         require_lock=True,
     )
 

@@ -21,8 +21,14 @@ from d365.pipeline.plan import CREATE, UPDATE, WRITES, Operation, summarize
 SAMPLE = 20  # applicant IDs listed per action in the summary
 
 
-def plan_summary(ops: Iterable[Operation], meta: Mapping[str, Any], owners: OwnerIds) -> dict[str, Any]:
-    """What the plan would write: ``meta`` is ``plan/meta.json``, ``owners`` preflight's resolved owner ids."""
+def plan_summary(
+    ops: Iterable[Operation],
+    meta: Mapping[str, Any],
+    owners: OwnerIds,
+    estimate: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What the plan would write: ``meta`` is ``plan/meta.json``, ``owners`` preflight's resolved owner ids,
+    ``estimate`` the load-time estimate (``estimate.LoadEstimate.to_json`` plus its ``text``)."""
     ops = list(ops)
 
     def owner_label(owner_id: str | None) -> str:
@@ -48,6 +54,7 @@ def plan_summary(ops: Iterable[Operation], meta: Mapping[str, Any], owners: Owne
             if any(op.action == action for op in ops)
         },
         "lookup_requests": meta.get("lookup_requests", 0),
+        **({"load_estimate": dict(estimate)} if estimate else {}),
     }
 
 
@@ -70,4 +77,7 @@ def summary_text(summary: Mapping[str, Any]) -> str:
     for action, ids in (summary.get("applicants") or {}).items():
         more = counts.get(action, len(ids)) - len(ids)
         lines.append(f"  {action}: applicants {', '.join(map(str, ids))}" + (f" (+{more} more)" if more > 0 else ""))
+    estimate = summary.get("load_estimate") or {}
+    if estimate.get("text"):
+        lines.append(str(estimate["text"]))
     return "\n".join(lines)

@@ -61,6 +61,7 @@ from d365.pipeline.settings_sections import (
     PauseSettings,
     QualitySettings,
     ReconcileSettings,
+    EstimateSettings,
     RetentionSettings,
     resolve_consents,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "PauseSettings",
     "QualitySettings",
     "ReconcileSettings",
+    "EstimateSettings",
     "RetentionSettings",
     "Scalar",
     "Settings",
@@ -151,6 +153,7 @@ class Settings(_Model):
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    estimate: EstimateSettings = Field(default_factory=EstimateSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     erasure: ErasureSettings = Field(default_factory=ErasureSettings)
     lead_stage: LeadStageSettings = Field(default_factory=LeadStageSettings)

@@ -339,6 +339,14 @@ class ReconcileSettings(_Model):
     max_deleted_fraction: StrictInt | StrictFloat = Field(0.05, ge=0, le=1)
 
 
+class EstimateSettings(_Model):
+    """The dry run's estimate of the load time (``d365.pipeline.estimate``). The server time one write adds
+    cannot be measured without writing: it is an assumption an org corrects here (plug-ins and workflows on the
+    lead table raise it)."""
+
+    record_ms: StrictInt | StrictFloat = Field(10, ge=0, le=10_000)
+
+
 class RetentionSettings(_Model):
     """How long run folders (``D365_SYNC_RUN_ROOT``) are kept; enforced nightly (``d365.pipeline.retention``)."""
 

@@ -153,10 +153,32 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
         from d365.pipeline.dry_run import plan_summary
         from d365.pipeline.dry_run import summary_text as dry_run_text
 
-        summary = plan_summary(ops, rc.folder.read_json(PLAN_META) or {}, owners)
+        summary = plan_summary(ops, rc.folder.read_json(PLAN_META) or {}, owners, _load_estimate(rc, pre, ops))
         rc.folder.write_json(PLAN_DRY_RUN, summary)
         print(dry_run_text(summary), flush=True)
     return {"writes": sum(counts.get(a, 0) for a in WRITES), **counts}
+
+
+def _load_estimate(rc: RunContext, pre: Mapping[str, Any], ops: list[Any]) -> dict[str, Any]:
+    """The dry run's estimate of the load time (``d365.pipeline.estimate``) from what preflight measured and
+    recorded: the pool's users, the dop hint, the throttle's limits and its running estimate of a request."""
+    from d365.pipeline.estimate import OrgLimits, estimate_load, estimate_text
+    from d365.tuning import load_tuning
+
+    throttle = pre.get("throttle") or {}
+    tuning = load_tuning()
+    users = 1 + len((pre.get("target") or {}).get("pool") or ())
+    est = estimate_load(
+        sum(1 for op in ops if op.action in WRITES),
+        batch_size=tuning.batch_size,
+        users=users,
+        dop_hint=pre.get("dop_hint"),
+        max_workers=tuning.max_workers,
+        request_ms=float(throttle.get("request_estimate_ms") or 0.0),
+        record_ms=float(rc.settings.estimate.record_ms),
+        limits=OrgLimits.from_snapshot(throttle),
+    )
+    return {**est.to_json(), "text": estimate_text(est)}
 
 
 def _add_options(
