@@ -15,9 +15,12 @@ SANDBOX_DREAMAPPLY_API_KEY = "sandbox-dreamapply-api-key-0123456789abcdef"
 
 # Web API route names the lead table's entity set must not shadow.
 RESERVED_ROUTES = frozenset(
-    {"systemusers", "teams", "EntityDefinitions", "WhoAmI", "RetrieveVersion", "InsertOptionValue", "PublishXml"}
-    | {"PublishAllXml", "BulkDelete", "$metadata", "$batch"}
+    {"systemusers", "teams", "sdkmessagefilters", "EntityDefinitions", "WhoAmI", "RetrieveVersion", "InsertOptionValue"}
+    | {"PublishXml", "PublishAllXml", "BulkDelete", "$metadata", "$batch"}
 )
+
+# The bulk messages a table may support (sdkmessagefilters); DeleteMultiple is for elastic tables only.
+BULK_MESSAGES = frozenset({"CreateMultiple", "UpdateMultiple", "UpsertMultiple"})
 
 
 def valid_entity_set_name(name: str) -> bool:
@@ -81,10 +84,25 @@ class SandboxConfig:
     lead_entity_set: str = "leads"
     # Keep at most this many request-log entries (oldest dropped first).
     request_log_size: int = 500_000
+    # Bulk messages the org offers on the lead table: the sdkmessagefilters rows it serves and the
+    # ``leads/Microsoft.Dynamics.CRM.<Message>`` actions it runs (any other → 400 0x80040800). Empty: an org
+    # without bulk support for lead. Names: CreateMultiple, UpdateMultiple, UpsertMultiple.
+    lead_bulk_messages: tuple[str, ...] = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
+    # Simulated server time of a bulk message, in units of ``operation_ms`` (an ASSUMPTION, not a measurement
+    # of Dataverse; see sandbox/dataverse/protection.py): a fixed part per request plus a smaller part per
+    # target than a single operation costs. With the defaults 100 upserts cost 1 + 100 * 0.25 = 26 operations
+    # where a $batch of them costs 100 (Microsoft's illustrative sample: 1 s against 4 s).
+    bulk_request_operations: float = 1.0
+    bulk_target_operations: float = 0.25
 
     def __post_init__(self) -> None:
         if not valid_entity_set_name(self.lead_entity_set):
             raise ValueError(f"lead_entity_set {self.lead_entity_set!r} is not a usable entity set name")
+        unknown = set(self.lead_bulk_messages) - BULK_MESSAGES
+        if unknown:
+            raise ValueError(f"lead_bulk_messages: unknown {sorted(unknown)}; choose from {sorted(BULK_MESSAGES)}")
+        if self.bulk_request_operations < 0 or self.bulk_target_operations < 0:
+            raise ValueError("bulk_request_operations and bulk_target_operations must not be negative")
 
     def replace(self, **changes: object) -> SandboxConfig:
         return dataclasses.replace(self, **changes)
