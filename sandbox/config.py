@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,16 @@ SANDBOX_TENANT_ID = "6f0c2a1e-5b7d-4c1a-9e3f-2d8b7a6c5e4f"
 SANDBOX_CLIENT_ID = "0b8d3f7e-1c2a-4e5b-8f9d-7a6c5b4e3d2c"
 SANDBOX_CLIENT_SECRET = "sandbox-client-secret-do-not-use-in-production"
 SANDBOX_DREAMAPPLY_API_KEY = "sandbox-dreamapply-api-key-0123456789abcdef"
+
+
+def extra_app_user(number: int) -> tuple[str, str]:
+    """(client id, client secret) of the sandbox's extra application user ``number`` (2, 3, ...): deterministic,
+    documented and not secret, like ``SANDBOX_CLIENT_ID``; they only open the local sandbox."""
+    if number < 2:
+        raise ValueError("extra application users are numbered from 2 (user 1 is SANDBOX_CLIENT_ID)")
+    client_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-extra-app-user:{number}"))
+    return client_id, f"sandbox-client-secret-user{number}-do-not-use-in-production"
+
 
 # Web API route names the lead table's entity set must not shadow.
 RESERVED_ROUTES = frozenset(
@@ -62,6 +73,9 @@ class SandboxConfig:
     client_id: str = SANDBOX_CLIENT_ID
     client_secret: str = SANDBOX_CLIENT_SECRET
     dreamapply_api_key: str = SANDBOX_DREAMAPPLY_API_KEY
+    # More application users of the same tenant and org (users 2..1+n, ``extra_app_user``): each gets tokens with
+    # its own object id, is an enabled application user with a role, and is metered on its own.
+    extra_app_users: int = 0
 
     # Entra ID
     token_lifetime_seconds: int = 3599
@@ -96,6 +110,8 @@ class SandboxConfig:
     bulk_target_operations: float = 0.25
 
     def __post_init__(self) -> None:
+        if not 0 <= self.extra_app_users <= 50:
+            raise ValueError("extra_app_users must be between 0 and 50")
         if not valid_entity_set_name(self.lead_entity_set):
             raise ValueError(f"lead_entity_set {self.lead_entity_set!r} is not a usable entity set name")
         unknown = set(self.lead_bulk_messages) - BULK_MESSAGES
