@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--token-lifetime", type=int, default=d.token_lifetime_seconds, help="access token lifetime in seconds"
     )
+    g.add_argument(
+        "--extra-app-users",
+        type=int,
+        default=d.extra_app_users,
+        help="application users besides the sandbox app (users 2, 3, ...; their credentials are in the state file)",
+    )
     g = s.add_argument_group("limits")
     g.add_argument(
         "--dreamapply-rpm",
@@ -100,6 +106,7 @@ def config_from_args(a: argparse.Namespace) -> SandboxConfig:
         applicants=a.applicants,
         seed=a.seed,
         token_lifetime_seconds=a.token_lifetime,
+        extra_app_users=a.extra_app_users,
         dreamapply_requests_per_minute=a.dreamapply_rpm,
         limits=ServiceProtectionLimits(
             window_seconds=a.window,

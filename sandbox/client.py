@@ -84,6 +84,14 @@ class SandboxClient:
     def expire_tokens(self) -> None:
         self.post("/tokens/expire")
 
+    def app_users(self) -> list[dict[str, Any]]:
+        """The tenant's app registrations: number, client id, application user id, revoked (no secrets)."""
+        return self.get("/apps")["apps"]
+
+    def revoke_app_secret(self, client_id: str) -> dict[str, Any]:
+        """Revoke one app's secret now: AADSTS7000215 on its next token request, 401 for the tokens it holds."""
+        return self.post(f"/apps/{client_id}/revoke")
+
     # -- DreamApply data ----------------------------------------------------------------------
     def patch(self, path: str, body: Any) -> Any:
         r = self.http.patch(self.admin_url + path, json=body)
@@ -106,24 +114,46 @@ class SandboxClient:
         return r.json()
 
 
-def airflow_connections(info: dict[str, Any], **dreamapply_extra: Any) -> dict[str, dict[str, Any]]:
-    """The two Airflow connections (as ``AIRFLOW_CONN_*`` JSON objects) that point the sync at a sandbox.
+def pool_connection_id(number: int) -> str:
+    """The Airflow connection id of the sandbox's application user ``number`` (2, 3, ...): ``dynamics365_user2``."""
+    return f"dynamics365_user{number}"
 
-    Both are marked ``"sandbox": true`` and the Dynamics one names the sandbox's Entra ID explicitly
+
+def airflow_connections(
+    info: dict[str, Any], *, dynamics_pool: bool = False, **dreamapply_extra: Any
+) -> dict[str, dict[str, Any]]:
+    """The Airflow connections (as ``AIRFLOW_CONN_*`` JSON objects) that point the sync at a sandbox.
+
+    The Dynamics ones are marked ``"sandbox": true`` and name the sandbox's Entra ID explicitly
     (``authority_host``): the hooks send a client secret to a token service other than Microsoft's only then.
+    A sandbox with extra application users gets one more Dynamics connection per user
+    (``AIRFLOW_CONN_DYNAMICS365_USER2``, ...); with ``dynamics_pool`` the default connection names them in its
+    ``pool`` extra, so the load spreads over all of them.
     """
-    return {
-        "AIRFLOW_CONN_DYNAMICS365_DEFAULT": {
+
+    def dynamics(client_id: str, secret: str) -> dict[str, Any]:
+        return {
             "conn_type": "dynamics365",
             "host": info["dynamics365"]["org_url"],
-            "login": info["entra"]["client_id"],
-            "password": info["entra"]["client_secret"],
+            "login": client_id,
+            "password": secret,
             "extra": {"ca_bundle": info["ca_bundle"], "authority_host": info["entra"]["login_url"], "sandbox": True},
-        },
-        "AIRFLOW_CONN_DREAMAPPLY_DEFAULT": {
-            "conn_type": "dreamapply",
-            "host": info["dreamapply"]["url"],
-            "password": info["dreamapply"]["api_key"],
-            "extra": {"ca_bundle": info["ca_bundle"], "sandbox": True, **dreamapply_extra},
-        },
+        }
+
+    entra = info["entra"]
+    extra_users = entra.get("extra_app_users") or []
+    primary = dynamics(entra["client_id"], entra["client_secret"])
+    if dynamics_pool:
+        primary["extra"]["pool"] = [pool_connection_id(u["number"]) for u in extra_users]
+    conns = {"AIRFLOW_CONN_DYNAMICS365_DEFAULT": primary}
+    for user in extra_users:
+        conns[f"AIRFLOW_CONN_{pool_connection_id(user['number']).upper()}"] = dynamics(
+            user["client_id"], user["client_secret"]
+        )
+    conns["AIRFLOW_CONN_DREAMAPPLY_DEFAULT"] = {
+        "conn_type": "dreamapply",
+        "host": info["dreamapply"]["url"],
+        "password": info["dreamapply"]["api_key"],
+        "extra": {"ca_bundle": info["ca_bundle"], "sandbox": True, **dreamapply_extra},
     }
+    return conns

@@ -181,6 +181,16 @@ class Sandbox:
                 "tenant_id": cfg.tenant_id,
                 "client_id": cfg.client_id,
                 "client_secret": cfg.client_secret,
+                # application users 2, 3, ... of the same tenant and org (SandboxConfig.extra_app_users)
+                "extra_app_users": [
+                    {
+                        "number": a.number,
+                        "client_id": a.client_id,
+                        "client_secret": a.client_secret,
+                        "user_id": a.user_id,
+                    }
+                    for a in state.apps.apps[1:]
+                ],
             },
             "dynamics365": {"org_url": ep.org_url, "web_api_url": ep.web_api_url},
             "dreamapply": {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.clock import SandboxClock
 from sandbox.config import SandboxConfig
+from sandbox.entra.apps import AppRegistry
 from sandbox.entra.tokens import TokenIssuer
 from sandbox.faults import FaultInjector
 from sandbox.requestlog import RequestLog
@@ -45,6 +45,8 @@ class SandboxState:
     request_log: RequestLog = field(init=False)
     faults: FaultInjector = field(default_factory=FaultInjector)
     tokens: TokenIssuer = field(init=False)
+    # The tenant's app registrations (the sandbox app, then ``config.extra_app_users`` more), one application user each.
+    apps: AppRegistry = field(init=False)
     # Filled in by the domain packages (sandbox.dreamapply, sandbox.dataverse) at start-up.
     dreamapply: Any = None
     dataverse: Any = None
@@ -54,11 +56,12 @@ class SandboxState:
 
     @property
     def application_user_id(self) -> str:
-        """The systemuserid of the Dataverse application user bound to the sandbox app registration."""
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-application-user:{self.config.client_id}"))
+        """The systemuserid of the Dataverse application user bound to the sandbox app registration (user 1)."""
+        return self.apps.primary.user_id
 
     def __post_init__(self) -> None:
         self.request_log = RequestLog(self.config.request_log_size)
+        self.apps = AppRegistry(self.config)
         self.tokens = TokenIssuer(
             tenant_id=self.config.tenant_id,
             issuer_url=f"{self.endpoints.login_url}/{self.config.tenant_id}/v2.0",

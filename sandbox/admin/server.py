@@ -1,4 +1,8 @@
-"""Sandbox-only control API: request log, fault injection, token expiry, time travel and store access.
+"""Sandbox-only control API: request log, fault injection, token expiry, app secrets, time travel and store access.
+
+``GET /_sandbox/apps`` lists the tenant's app registrations (number, client id, application user id, revoked; never
+a secret); ``POST /_sandbox/apps/<client id>/revoke`` revokes one app's secret mid-run: its next token request is
+refused with AADSTS7000215 and the tokens it holds are refused by Dataverse with 401 (``sandbox.entra.apps``).
 
 The generic controls live here; each domain package adds its own routes through
 ``register_admin_routes(app)`` (lead store and preload for Dataverse, time advance for DreamApply).
@@ -28,6 +32,8 @@ def build_app(state: SandboxState) -> web.Application:
     r.add_delete(f"{PREFIX}/faults/{{rule_id}}", delete_fault)
     r.add_post(f"{PREFIX}/tokens/expire", expire_tokens)
     r.add_put(f"{PREFIX}/tokens/lifetime", set_token_lifetime)
+    r.add_get(f"{PREFIX}/apps", list_apps)
+    r.add_post(f"{PREFIX}/apps/{{client_id}}/revoke", revoke_app_secret)
     dataverse.register_admin_routes(app, PREFIX)
     dreamapply.register_admin_routes(app, PREFIX)
     return app
@@ -85,3 +91,17 @@ async def set_token_lifetime(request: web.Request) -> web.Response:
         return web.json_response({"error": "seconds must be >= 1"}, status=400)
     request.app[STATE_KEY].tokens.lifetime_seconds = seconds
     return web.json_response({"seconds": seconds})
+
+
+async def list_apps(request: web.Request) -> web.Response:
+    return web.json_response({"apps": request.app[STATE_KEY].apps.describe()})
+
+
+async def revoke_app_secret(request: web.Request) -> web.Response:
+    """The app's secret stops working now, and so do the tokens issued to it so far."""
+    state = request.app[STATE_KEY]
+    client_id = request.match_info["client_id"]
+    if not state.apps.revoke(client_id):
+        return web.json_response({"error": f"no app registration with client id {client_id}"}, status=404)
+    at = state.tokens.expire_client(client_id)
+    return web.json_response({"client_id": client_id, "revoked_before": at})

@@ -4,8 +4,10 @@
   resource_id=<org>/`` (values unquoted, as the real service writes them). This also answers the
   unauthenticated tenant-discovery probe ``GET /api/data/v9.2/``.
 * Expired token → 401 with the same challenge plus ``error="invalid_token", error_description="..."``.
-* A valid token of another application than the sandbox app registration → 403 0x80072560 "The user
-  is not a member of the organization." (the application user is the only known principal).
+* A valid token of an application that is not one of the tenant's app registrations (``state.apps``) → 403
+  0x80072560 "The user is not a member of the organization.". A known app calls as its own application user
+  (``Caller.user_id``), which service protection meters separately; a token issued before its app's secret was
+  revoked is refused like an expired one (401).
 * 401 bodies are empty [unverified]; the request log gets error codes ``RequestIsNotAuthenticated``,
   ``InvalidAuthTicket`` or ``ExpiredAuthTicket``.
 
@@ -59,7 +61,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except TokenRejected as exc:
         request[LOG_EXTRA]["error_code"] = "ExpiredAuthTicket" if exc.expired else "InvalidAuthTicket"
         return _unauthorized(state, expired=exc.expired)
-    if claims.client_id != state.config.client_id:
+    app = state.apps.get(claims.client_id)
+    if app is None:
         request[LOG_EXTRA]["error_code"] = errors.NOT_A_MEMBER
         body = json.dumps(
             {"error": {"code": errors.NOT_A_MEMBER, "message": "The user is not a member of the organization."}}
@@ -69,7 +72,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
                 status=403, body=body.encode(), headers={"Content-Type": "application/json; odata.metadata=minimal"}
             )
         )
-    request[CALLER_KEY] = Caller(user_id=state.application_user_id, client_id=claims.client_id)
+    request[CALLER_KEY] = Caller(user_id=app.user_id, client_id=claims.client_id)
     try:
         response = await handler(request)
     except web.HTTPException as exc:

@@ -8,7 +8,8 @@ rolled back (changesets).
 
 Routes (under ``/api/data/v9.2/``): service document, ``$metadata`` (a small CSDL), ``WhoAmI``,
 ``RetrieveVersion``, ``leads`` (see ``leads.py``; ``fetchXml`` in ``fetchxml.py``; the bound
-``CreateMultiple``/``UpdateMultiple``/``UpsertMultiple`` in ``bulk.py``), ``systemusers``, ``teams``,
+``CreateMultiple``/``UpdateMultiple``/``UpsertMultiple`` in ``bulk.py``), ``systemusers`` (and a user's roles,
+``systemusers(<id>)/systemuserroles_association``, see ``users.py``), ``teams``,
 ``EntityDefinitions`` (see ``metadata_api.py``), ``InsertOptionValue``, ``PublishXml``,
 ``PublishAllXml``. ``BulkDelete`` (an asynchronous system job in the real service) is refused with
 400 "… is not supported by the Dataverse sandbox" (see ``errors.not_supported``); anything else →
@@ -38,6 +39,8 @@ from sandbox.dataverse.users import (
     ORGANIZATION_ID,
     TEAM_PROPERTIES,
     USER_PROPERTIES,
+    USER_ROLES_NAVIGATION,
+    RoleDirectory,
     SimpleTable,
     build_teams,
     build_users,
@@ -167,9 +170,10 @@ class UserDirectory:
             "systemuser",
             "systemuserid",
             USER_PROPERTIES,
-            build_users(state.application_user_id, state.config.client_id),
+            build_users(state.apps.apps),
         )
         self.teams = SimpleTable("teams", "team", "teamid", TEAM_PROPERTIES, build_teams())
+        self.roles = RoleDirectory(self.users.rows.values())
 
     def resolve_owner(self, entity_set: str, target_id: str) -> str:
         if entity_set == "systemusers":
@@ -452,6 +456,8 @@ class DataverseService:
 
     def simple_entity_set(self, req: Request, segments: list[odata.Segment], table: SimpleTable) -> SubResponse:
         first = segments[0]
+        if len(segments) == 2 and table is self.users.users and segments[1].text == USER_ROLES_NAVIGATION:
+            return self.simple_entity_set(req, segments[1:], self.users.roles.table_of(self._user_key(first.args)))
         if len(segments) > 1:
             raise errors.resource_not_found(segments[1].text)
         if req.method != "GET":
@@ -510,6 +516,15 @@ class DataverseService:
                 f"{self.web_api_url}/{table.entity_set}", req.query, result.next_cursor
             )
         return self.json_response(200, body, req.preference_applied(page_size=True), streaming=True)
+
+    def _user_key(self, args: str | None) -> str:
+        """The systemuserid a ``systemusers(<id>)`` segment names (404 if there is no such user)."""
+        kind, value = odata.parse_key(args or "")
+        if kind != "id":
+            raise errors.bad_request(f"The key value '{args}' is not a valid GUID.")
+        if self.users.users.get_row(value) is None:
+            raise errors.not_found_by_id("systemuser", value)
+        return str(value)
 
     def csdl(self) -> str:
         """A small CSDL document: the lead, systemuser and team entity types (properties and keys only)."""

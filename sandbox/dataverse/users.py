@@ -5,23 +5,31 @@ Users (ids are stable uuid5 values, so configuration can name them):
 * five interactive users (accessmode 0 Read-Write, licensed, enabled) with names, emails, domain names
   and Entra object ids;
 * one disabled interactive user (``isdisabled`` true);
-* the application user bound to the sandbox app registration: ``applicationid`` = the client id,
-  ``systemuserid`` = ``state.application_user_id``, accessmode 4 (Non-interactive) [unverified];
+* one application user per app registration of the tenant (``state.apps``: the sandbox app, then
+  ``extra_app_users`` more): ``applicationid`` = the client id, ``systemuserid`` = the app's user id
+  (``state.application_user_id`` for the first), accessmode 4 (Non-interactive) [unverified], enabled;
 * the built-in ``SYSTEM`` and ``INTEGRATION`` users. Decision on the [unverified] point: both are
   enabled, accessmode 0 and have no applicationid, so they DO match
   ``isdisabled eq false and accessmode eq 0 and applicationid eq null``; an owner picker must exclude
   them by name or id.
 
 One team: the business unit's default team (``isdefault`` true, teamtype 0 Owner).
+
+Security roles (``roles``), read per user as Dataverse serves them:
+``GET systemusers(<id>)/systemuserroles_association?$select=name,roleid``. Every application user holds the custom
+role "DreamApply Integration", the interactive users (the disabled one too) "Salesperson", the built-in users
+"System Administrator". A user without a role can do nothing in a real org, so a check for "has a role" is what
+tells an application user that was never set up from a working one.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sandbox.dataverse import errors, odata
+from sandbox.entra.apps import AppUser
 
 NS = uuid.UUID("9d7c1c1e-4f0b-4d55-9a43-5a9d3f1c2b10")
 
@@ -63,6 +71,20 @@ USER_PROPERTIES: dict[str, str] = {
     "modifiedon": "datetime",
     "versionnumber": "int",
 }
+ROLE_PROPERTIES: dict[str, str] = {
+    "roleid": "guid",
+    "name": "string",
+    "ismanaged": "bool",
+    "_businessunitid_value": "guid",
+    "createdon": "datetime",
+    "modifiedon": "datetime",
+    "versionnumber": "int",
+}
+# The navigation property that lists a user's security roles (N:N systemuserroles).
+USER_ROLES_NAVIGATION = "systemuserroles_association"
+SYSTEM_ADMINISTRATOR = "System Administrator"
+SALESPERSON = "Salesperson"
+INTEGRATION_ROLE = "DreamApply Integration"
 TEAM_PROPERTIES: dict[str, str] = {
     "teamid": "guid",
     "name": "string",
@@ -81,7 +103,8 @@ def _email_part(text: str) -> str:
     return text.lower().translate(table)
 
 
-def build_users(application_user_id: str, client_id: str) -> list[dict[str, Any]]:
+def build_users(apps: Sequence[AppUser]) -> list[dict[str, Any]]:
+    """The org's users: the people, one application user per app registration, the built-in users."""
     created = "2024-01-15T09:00:00Z"
     users: list[dict[str, Any]] = []
     version = 500_000
@@ -123,18 +146,19 @@ def build_users(application_user_id: str, client_id: str) -> list[dict[str, Any]
     for first, last, title in INTERACTIVE_USERS:
         add_person(first, last, title)
     add_person(*DISABLED_USER, isdisabled=True, islicensed=False)
-    add(
-        systemuserid=application_user_id,
-        firstname="# DreamApply",
-        lastname="Sync",
-        fullname="# DreamApply Sync",
-        internalemailaddress=f"{client_id}@university.example",
-        domainname=f"{client_id}@university.example",
-        applicationid=client_id,
-        accessmode=4,
-        islicensed=False,
-        azureactivedirectoryobjectid=stable_id(f"aad:app:{client_id}"),
-    )
+    for app in apps:
+        add(
+            systemuserid=app.user_id,
+            firstname="# DreamApply",
+            lastname=app.name.removeprefix("# DreamApply "),
+            fullname=app.name,
+            internalemailaddress=f"{app.client_id}@university.example",
+            domainname=f"{app.client_id}@university.example",
+            applicationid=app.client_id,
+            accessmode=4,
+            islicensed=False,
+            azureactivedirectoryobjectid=stable_id(f"aad:app:{app.client_id}"),
+        )
     add(
         systemuserid=stable_id("user:SYSTEM"),
         firstname="",
@@ -153,6 +177,47 @@ def build_users(application_user_id: str, client_id: str) -> list[dict[str, Any]
         isintegrationuser=True,
     )
     return users
+
+
+ROLES = ((SYSTEM_ADMINISTRATOR, True), (SALESPERSON, True), (INTEGRATION_ROLE, False))  # (name, managed)
+
+
+def build_roles() -> list[dict[str, Any]]:
+    created = "2024-01-15T09:00:00Z"
+    return [
+        {
+            "roleid": stable_id(f"role:{name}"),
+            "name": name,
+            "ismanaged": managed,
+            "_businessunitid_value": BUSINESS_UNIT_ID,
+            "createdon": created,
+            "modifiedon": created,
+            "versionnumber": 300_001 + i,
+        }
+        for i, (name, managed) in enumerate(ROLES)
+    ]
+
+
+def role_names_of(user: dict[str, Any]) -> list[str]:
+    """The roles a sandbox user holds (see the module docstring)."""
+    if user.get("applicationid"):
+        return [INTEGRATION_ROLE]
+    if str(user.get("fullname") or "") in ("SYSTEM", "INTEGRATION"):
+        return [SYSTEM_ADMINISTRATOR]
+    return [SALESPERSON]
+
+
+class RoleDirectory:
+    """Security roles and who holds them; serves ``systemusers(<id>)/systemuserroles_association``."""
+
+    def __init__(self, users: Iterable[dict[str, Any]]) -> None:
+        self.roles = {row["name"]: row for row in build_roles()}
+        self.held = {user["systemuserid"]: role_names_of(user) for user in users}
+
+    def table_of(self, user_id: str) -> SimpleTable:
+        """The roles of one user as a queryable entity set ($select, $filter, $top work on it)."""
+        rows = [self.roles[name] for name in self.held.get(user_id, [])]
+        return SimpleTable("roles", "role", "roleid", ROLE_PROPERTIES, rows)
 
 
 def build_teams() -> list[dict[str, Any]]:

@@ -1,14 +1,20 @@
-"""Entra ID token service: OpenID discovery and the client-credentials grant, with AADSTS-style errors."""
+"""Entra ID token service: OpenID discovery and the client-credentials grant, with AADSTS-style errors.
+
+Every app registration of the tenant (``state.apps``: the sandbox app and ``extra_app_users`` more) gets tokens whose
+``oid`` is its own application user; a revoked secret is refused like a wrong one (AADSTS7000215). The request log
+records the client id and the AADSTS code of each token request (never the secret), so a test can count refusals.
+"""
 
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from sandbox.httpcommon import STATE_KEY, make_app
+from sandbox.httpcommon import LOG_EXTRA, STATE_KEY, make_app
 from sandbox.state import SandboxState
 
 
@@ -82,7 +88,22 @@ async def token(request: web.Request) -> web.Response:
         client_id, _, client_secret = decoded.partition(":")
     grant_type = str(form.get("grant_type", ""))
     scope = str(form.get("scope", ""))
+    request[LOG_EXTRA]["client_id"] = client_id or None
+    response = _grant(state, client_id, client_secret, grant_type, scope)
+    if response.status >= 400:
+        request[LOG_EXTRA]["error_code"] = _aadsts_of(response)
+    return response
 
+
+def _aadsts_of(response: web.Response) -> str:
+    """``AADSTS<n>`` of an error answer built by ``_aad_error``."""
+    body = json.loads(response.body) if isinstance(response.body, bytes) else {}
+    codes = body.get("error_codes") or []
+    return f"AADSTS{codes[0]}" if codes else ""
+
+
+def _grant(state: SandboxState, client_id: str, client_secret: str, grant_type: str, scope: str) -> web.Response:
+    """The client-credentials grant for one app registration: a token, or the AADSTS error Entra ID answers."""
     if grant_type != "client_credentials":
         return _aad_error(
             400,
@@ -94,7 +115,8 @@ async def token(request: web.Request) -> web.Response:
         return _aad_error(
             400, "invalid_request", 900144, "The request body must contain the following parameter: 'client_id'."
         )
-    if client_id != state.config.client_id:
+    app = state.apps.get(client_id)
+    if app is None:
         return _aad_error(
             400,
             "unauthorized_client",
@@ -111,7 +133,7 @@ async def token(request: web.Request) -> web.Response:
             7000216,
             "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
         )
-    if client_secret != state.config.client_secret:
+    if not state.apps.secret_ok(app, client_secret):
         return _aad_error(
             401,
             "invalid_client",
@@ -139,7 +161,7 @@ async def token(request: web.Request) -> web.Response:
             f"The provided value for scope {scope} is not valid. Client credential flows must have a scope value "
             "with /.default suffixed to the resource identifier (application ID URI).",
         )
-    access_token, lifetime = state.tokens.issue(client_id, audience=org, object_id=state.application_user_id)
+    access_token, lifetime = state.tokens.issue(client_id, audience=org, object_id=app.user_id)
     return web.json_response(
         {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": access_token},
         headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"},

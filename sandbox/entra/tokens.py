@@ -1,7 +1,7 @@
 """Access tokens as Entra issues them to a confidential client: signed JWTs with aud, tid, appid, exp.
 
 The Dataverse server verifies them here. Tokens can be expired early (sandbox-only control) to test
-refresh mid-run.
+refresh mid-run: all of them (``expire_all``), or one app's (``expire_client``, when its secret is revoked).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class TokenIssuer:
         self.lifetime_seconds = lifetime_seconds
         self._key = secrets.token_bytes(32)
         self._revoked_before = 0.0
+        self._client_revoked_before: dict[str, float] = {}
         self._lock = threading.Lock()
         self.issued = 0
 
@@ -80,7 +81,7 @@ class TokenIssuer:
         except jwt.PyJWTError as exc:
             raise TokenRejected("The token could not be validated") from exc
         with self._lock:
-            revoked_before = self._revoked_before
+            revoked_before = max(self._revoked_before, self._client_revoked_before.get(str(claims["appid"]), 0.0))
         if claims["iat"] <= revoked_before:
             raise TokenRejected("The token is expired", expired=True)
         return TokenClaims(
@@ -97,6 +98,12 @@ class TokenIssuer:
         with self._lock:
             self._revoked_before = time.time()
             return self._revoked_before
+
+    def expire_client(self, client_id: str) -> float:
+        """Sandbox-only: every token issued so far to one app stops working now (its secret was revoked)."""
+        with self._lock:
+            at = self._client_revoked_before[client_id] = time.time()
+            return at
 
 
 def peek_client_id(token: str) -> str | None:

@@ -14,6 +14,7 @@ import pytest
 from sandbox.clock import SandboxClock
 from sandbox.config import SandboxConfig
 from sandbox.dataverse.service import Caller, DataverseService, SubResponse
+from sandbox.entra.apps import AppRegistry
 from sandbox.state import Endpoints
 
 APP_USER = "a983663f-e268-548a-b251-ea1190075ca5"
@@ -29,7 +30,11 @@ def service() -> DataverseService:
         admin_url="https://admin.test",
         tenant_id=cfg.tenant_id,
     )
-    state = SimpleNamespace(config=cfg, endpoints=endpoints, clock=SandboxClock(), application_user_id=APP_USER)
+    apps = AppRegistry(cfg)
+    assert apps.primary.user_id == APP_USER
+    state = SimpleNamespace(
+        config=cfg, endpoints=endpoints, clock=SandboxClock(), application_user_id=APP_USER, apps=apps
+    )
     return DataverseService(state)  # type: ignore[arg-type]
 
 
