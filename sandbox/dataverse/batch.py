@@ -52,6 +52,7 @@ from sandbox.dataverse.multipart import (
     encode_multipart,
     parse_batch,
 )
+from sandbox.dataverse.protection import COST_KEY
 from sandbox.httpcommon import CALLER_KEY, LOG_EXTRA, OPS_KEY, STATE_KEY
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class BatchOutcome:
     body: bytes
     continue_on_error: bool
     operations: int = 0
+    cost: float = 0.0  # simulated server time in operations (protection.py): a bulk part costs less per target
     part_statuses: list[int] = field(default_factory=list)
     # "<METHOD> <path below the Web API root>" of each operation, in order (no query: $filter may hold data)
     part_requests: list[str] = field(default_factory=list)
@@ -362,11 +364,13 @@ class BatchExecutor:
         self.continue_on_error = continue_on_error
         self.inherited = dict(inherited_headers or {})
         self.operations = 0
+        self.cost = 0.0
         self.part_statuses: list[int] = []
         self.part_requests: list[str] = []
 
     def _run(self, req: HttpRequestPart, txn: Any, ids: Mapping[str, str]) -> _Result:
         self.operations += 1
+        self.cost += 1.0
         self.part_requests.append(f"{req.method} {_web_api_path(req.url)}")
         try:
             url = _resolve_url(req.url, ids)
@@ -386,6 +390,8 @@ class BatchExecutor:
         try:
             sub = self.service.dispatch(req.method, url, headers, body, self.caller, txn=txn)
             self.operations += max(0, getattr(sub, "ops", 1) - 1)  # a bulk message counts its targets
+            cost = getattr(sub, "cost", None)
+            self.cost += (cost if cost is not None else max(1, getattr(sub, "ops", 1))) - 1.0
             result = _Result(status=int(sub.status), headers=dict(sub.headers or {}), body=sub.body or b"")
         except Exception:  # a sandbox bug must not take the whole batch down
             log.exception("batch operation %s %s raised", req.method, url)
@@ -446,6 +452,7 @@ class BatchExecutor:
             body=encode_multipart(boundary, encoded),
             continue_on_error=self.continue_on_error,
             operations=self.operations,
+            cost=self.cost,
             part_statuses=self.part_statuses,
             part_requests=self.part_requests,
         )
@@ -480,6 +487,7 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
         extra = {}
         request[LOG_EXTRA] = extra
     request[OPS_KEY] = 0
+    request[COST_KEY] = 0.0
     body = await request.read()
     try:
         parts = parse_batch(request.headers.get("Content-Type"), body)
@@ -500,6 +508,7 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
     )
     outcome = await executor.run(parts)
     request[OPS_KEY] = outcome.operations
+    request[COST_KEY] = outcome.cost
     extra["ops"] = outcome.operations
     extra["part_statuses"] = outcome.part_statuses
     extra["part_requests"] = outcome.part_requests

@@ -1,7 +1,13 @@
 """Bulk messages bound to ``leads``: ``CreateMultiple``, ``UpdateMultiple`` and ``UpsertMultiple``.
 
 ``POST leads/Microsoft.Dynamics.CRM.<Message>`` with ``{"Targets": [<lead>, …]}``, as the lead table
-supports them (reference §5.3 and the "Use bulk operation messages" notes):
+supports them (reference §5.3 and §12, Microsoft's "Use bulk operation messages" page and its Web API
+reference of the actions):
+
+* Only the messages ``SandboxConfig.lead_bulk_messages`` names (all three by default, the same list
+  ``sdkmessagefilters`` serves, ``messages.py``); any other → 400 ``0x80040800`` "The '<Message>' method
+  does not support entities of type 'lead'. MessageProcessorCache returned MessageProcessor.Empty." (the
+  service's words for an unsupported message; the HTTP status for it on the Web API is [unverified]).
 
 * Every target needs ``@odata.type`` naming ``Microsoft.Dynamics.CRM.lead``; a missing or other
   type → 400, nothing written.
@@ -19,15 +25,24 @@ supports them (reference §5.3 and the "Use bulk operation messages" notes):
   or ``leads(<guid>)``) or by ``leadid`` in the body. Update path: key columns in the body are
   ignored (like a PATCH by key). Create path: the key values come from ``@odata.id``; a key column
   also in the body → 400 ``0x80040216`` "An unexpected error occurred." (what the service answers,
-  microsoft/PowerPlatform-DataverseClient-Python PR 127). → 200 with ``Ids`` in target order
-  (created and updated) [unverified: response shape].
-* Service protection counts every target as one operation of execution time.
+  microsoft/PowerPlatform-DataverseClient-Python PR 127). → **204 No Content**: the Web API reference of
+  the action says so ("The UpsertMultipleResponse complex type is not returned"), and the SDK PR saw 204
+  on the update path. So a Web API client cannot tell which targets were created and which updated.
+* Server time (service protection's execution time, ``protection.py``): one request that costs
+  ``bulk_request_operations + targets run × bulk_target_operations`` operations of ``operation_ms``
+  (defaults 1 and 0.25: an ASSUMPTION, not a measurement; a failed request costs the targets it ran,
+  the failing one included). A bulk message is one request toward the request limit.
+* The request log gets ``bulk`` (the message), ``targets`` (how many), ``target_types`` (each target's
+  ``@odata.type``, None where missing) and ``target_ids`` (each target's ``@odata.id``, None where
+  missing): what tests assert the client sent. Never a column value.
 """
 
 from __future__ import annotations
 
+import json
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandbox.dataverse import errors, odata
 from sandbox.dataverse.metadata import KeyDef
@@ -44,21 +59,58 @@ MESSAGES = {
 }
 LEAD_TYPES = ("Microsoft.Dynamics.CRM.lead", "#Microsoft.Dynamics.CRM.lead")
 Target = tuple[str, Any, KeyDef | None]
+# The service's code for a message the table does not support (SdkEntityDoesNotSupportMessage) [3p].
+MESSAGE_NOT_SUPPORTED = "0x80040800"
+_T = TypeVar("_T")
+
+
+class _Run:
+    """How many targets a request has run so far (its server time)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def each(self, items: list[_T]) -> Iterator[_T]:
+        for item in items:
+            self.done += 1
+            yield item
 
 
 def handle(ops: LeadOps, req: Request, message: str) -> SubResponse:
-    """Run one bulk message all-or-nothing and answer like the service."""
+    """Run one bulk message all-or-nothing and answer like the service (errors too, with their cost)."""
+    config = ops.service.state.config
+    facts = _log_facts(req, message)
+    run = _Run()
+    try:
+        if message not in config.lead_bulk_messages:
+            raise errors.ODataError(
+                400,
+                MESSAGE_NOT_SUPPORTED,
+                f"The '{message}' method does not support entities of type 'lead'. MessageProcessorCache returned "
+                "MessageProcessor.Empty.",
+            )
+        response = _run(ops, req, message, run)
+    except errors.ODataError as exc:
+        response = ops.service.error_response(exc)
+    response.ops = max(1, facts["targets"])
+    response.cost = config.bulk_request_operations + run.done * config.bulk_target_operations
+    response.log = facts
+    return response
+
+
+def _run(ops: LeadOps, req: Request, message: str, run: _Run) -> SubResponse:
     targets = _targets(req, message)
     own_txn = req.txn is None
     txn: Transaction = req.txn or ops.service.begin()
     try:
         if message == "CreateMultiple":
-            ids = _create_multiple(ops, req, targets, txn)
+            ids = _create_multiple(ops, req, targets, txn, run)
         elif message == "UpdateMultiple":
-            _update_multiple(ops, req, targets, txn)
+            _update_multiple(ops, req, targets, txn, run)
             ids = None
         else:
-            ids = _upsert_multiple(ops, req, targets, txn)
+            _upsert_multiple(ops, req, targets, txn, run)
+            ids = None  # UpsertMultiple answers 204: no UpsertMultipleResponse on the Web API
     except BaseException:
         if own_txn:
             txn.rollback()
@@ -66,12 +118,25 @@ def handle(ops: LeadOps, req: Request, message: str) -> SubResponse:
     if own_txn:
         txn.commit()
     if ids is None:
-        response = ops.service.empty_response(204)
-    else:
-        context = f"{ops.service.web_api_url}/$metadata#Microsoft.Dynamics.CRM.{message}Response"
-        response = ops.service.json_response(200, {"@odata.context": context, "Ids": ids})
-    response.ops = len(targets)
-    return response
+        return ops.service.empty_response(204)
+    context = f"{ops.service.web_api_url}/$metadata#Microsoft.Dynamics.CRM.{message}Response"
+    return ops.service.json_response(200, {"@odata.context": context, "Ids": ids})
+
+
+def _log_facts(req: Request, message: str) -> dict[str, Any]:
+    """What the request log keeps of a bulk request: the message and each target's type and id, no values."""
+    try:
+        body = json.loads(req.body) if req.body else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    targets = body.get("Targets") if isinstance(body, dict) else None
+    items = targets if isinstance(targets, list) else []
+    return {
+        "bulk": message,
+        "targets": len(items),
+        "target_types": [item.get("@odata.type") if isinstance(item, dict) else None for item in items],
+        "target_ids": [item.get("@odata.id") if isinstance(item, dict) else None for item in items],
+    }
 
 
 def _targets(req: Request, message: str) -> list[dict[str, Any]]:
@@ -163,7 +228,9 @@ def _payload(item: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in item.items() if name not in ("@odata.type", "@odata.id")}
 
 
-def _create_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], txn: Transaction) -> list[str]:
+def _create_multiple(
+    ops: LeadOps, req: Request, targets: list[dict[str, Any]], txn: Transaction, run: _Run
+) -> list[str]:
     for index, item in enumerate(targets):
         if "@odata.id" in item:
             raise errors.bad_request(
@@ -172,14 +239,14 @@ def _create_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], 
                 code=errors.INVALID_ARGUMENT,
             )
     ids = []
-    for item in targets:
+    for item in run.each(targets):
         changes = ops.validate(_payload(item), "create")
         row = ops.insert_row(changes, req.caller, txn, duplicate_detection=req.duplicate_detection)
         ids.append(row["leadid"])
     return ids
 
 
-def _update_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], txn: Transaction) -> None:
+def _update_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], txn: Transaction, run: _Run) -> None:
     resolved = []
     for index, item in enumerate(targets):
         target = _address(ops, item, index)
@@ -197,7 +264,7 @@ def _update_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], 
             raise ops.not_found(target)
         resolved.append((item, target, existing))
     _reject_repeats([_identity(target, existing) for _, target, existing in resolved])
-    for item, target, existing in resolved:
+    for item, target, existing in run.each(resolved):
         body = {k: v for k, v in _payload(item).items() if k != "leadid"}
         if target[0] == "key":
             body = _without_key_columns(body, target)
@@ -205,7 +272,7 @@ def _update_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], 
         ops._apply_update(None, existing, changes, req.caller, txn, duplicate_detection=req.duplicate_detection)
 
 
-def _upsert_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], txn: Transaction) -> list[str]:
+def _upsert_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], txn: Transaction, run: _Run) -> None:
     resolved = []
     for index, item in enumerate(targets):
         target = _address(ops, item, index)
@@ -217,8 +284,7 @@ def _upsert_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], 
             )
         resolved.append((item, target, ops.find(target)))
     _reject_repeats([_identity(target, existing) for _, target, existing in resolved])
-    ids = []
-    for item, target, existing in resolved:
+    for item, target, existing in run.each(resolved):
         body = _payload(item)
         if existing is not None:
             if "@odata.id" not in item:
@@ -226,9 +292,7 @@ def _upsert_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], 
             if target[0] == "key":
                 body = _without_key_columns(body, target)
             changes = ops.validate(body, "update")
-            row = ops._apply_update(
-                None, existing, changes, req.caller, txn, duplicate_detection=req.duplicate_detection
-            )
+            ops._apply_update(None, existing, changes, req.caller, txn, duplicate_detection=req.duplicate_detection)
         else:
             if target[0] == "key":
                 key_columns = {a.lower() for a in target[2].key_attributes}  # type: ignore[union-attr]
@@ -244,9 +308,7 @@ def _upsert_multiple(ops: LeadOps, req: Request, targets: list[dict[str, Any]], 
                     )
                 body["leadid"] = target[1]
             changes = ops.validate(body, "create")
-            row = ops.insert_row(changes, req.caller, txn, duplicate_detection=req.duplicate_detection)
-        ids.append(row["leadid"])
-    return ids
+            ops.insert_row(changes, req.caller, txn, duplicate_detection=req.duplicate_detection)
 
 
 def _without_key_columns(body: dict[str, Any], target: Target) -> dict[str, Any]:

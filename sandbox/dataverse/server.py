@@ -53,6 +53,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     body = await request.read() if request.can_read_body else b""
     result = service.dispatch(request.method, request.raw_path, request.headers, body, caller)
     request[OPS_KEY] = result.ops
+    request[protection.COST_KEY] = float(result.cost if result.cost is not None else result.ops)
+    if result.log:
+        request[LOG_EXTRA].update(result.log)
     if result.status >= 400 and result.body:
         try:
             request[LOG_EXTRA]["error_code"] = json.loads(result.body)["error"]["code"]

@@ -10,6 +10,7 @@ Routes (under ``/api/data/v9.2/``): service document, ``$metadata`` (a small CSD
 ``RetrieveVersion``, ``leads`` (see ``leads.py``; ``fetchXml`` in ``fetchxml.py``; the bound
 ``CreateMultiple``/``UpdateMultiple``/``UpsertMultiple`` in ``bulk.py``), ``systemusers`` (and a user's roles,
 ``systemusers(<id>)/systemuserroles_association``, see ``users.py``), ``teams``,
+``sdkmessagefilters`` (which messages the org offers per table, ``messages.py``),
 ``EntityDefinitions`` (see ``metadata_api.py``), ``InsertOptionValue``, ``PublishXml``,
 ``PublishAllXml``. ``BulkDelete`` (an asynchronous system job in the real service) is refused with
 400 "… is not supported by the Dataverse sandbox" (see ``errors.not_supported``); anything else →
@@ -29,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.dataverse import errors, odata
+from sandbox.dataverse import errors, messages, odata
 from sandbox.dataverse.leads import LeadOps, LeadTable
 from sandbox.dataverse.metadata import KeyDef, LeadMetadata
 from sandbox.dataverse.metadata_api import KEY_TYPES, MetadataApi
@@ -67,7 +68,10 @@ class SubResponse:
     status: int
     headers: dict[str, str]  # operation-specific headers (OData-EntityId, ETag, Preference-Applied, Content-Type...)
     body: bytes | None  # JSON bytes or None
-    ops: int = 1  # operations it counts for in service protection's execution time (a bulk message: its targets)
+    ops: int = 1  # operations it carried (a bulk message: its targets), for the request log
+    # Simulated server time in units of ``operation_ms`` (protection.py); None: ``ops`` (a bulk message costs less)
+    cost: float | None = None
+    log: dict[str, Any] | None = None  # facts for the request log (a bulk message: its targets' types and ids)
 
 
 class Request:
@@ -220,6 +224,7 @@ class DataverseService:
         self.lead_table = LeadTable(self.metadata, self.store)
         self.leads = LeadOps(self)
         self.metadata_api = MetadataApi(self)
+        self._message_filters: messages.MessageFilterTable | None = None
         self.reset()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -240,6 +245,15 @@ class DataverseService:
     @property
     def web_api_url(self) -> str:
         return self.state.endpoints.web_api_url
+
+    @property
+    def message_filters(self) -> messages.MessageFilterTable:
+        """The sdkmessagefilters catalogue for the configured bulk support (rebuilt when the config changes)."""
+        table = self._message_filters
+        wanted = tuple(self.state.config.lead_bulk_messages)
+        if table is None or table.lead_bulk_messages != wanted:
+            table = self._message_filters = messages.MessageFilterTable(wanted)
+        return table
 
     @property
     def crm_user_caller(self) -> Caller:
@@ -380,6 +394,9 @@ class DataverseService:
             )
         if name == "EntityDefinitions":
             return self.metadata_api.handle(req, segments)
+        if name == "sdkmessagefilters":
+            req.query = messages.resolve_aliases(req.query)
+            return self.simple_entity_set(req, segments, self.message_filters)
         if len(segments) == 1 and name == "WhoAmI" and first.args in (None, ""):
             if req.method != "GET":
                 raise errors.method_not_allowed(req.method)
@@ -415,7 +432,7 @@ class DataverseService:
 
     # -- small routes ------------------------------------------------------------------
     def service_document(self) -> SubResponse:
-        sets = [self.lead_table.entity_set, "systemusers", "teams", "EntityDefinitions"]
+        sets = [self.lead_table.entity_set, "systemusers", "teams", "sdkmessagefilters", "EntityDefinitions"]
         return self.json_response(
             200,
             {
@@ -550,7 +567,7 @@ class DataverseService:
                 lines.append(f'<Property Name="{attr.output_name}" Type="{edm.get(attr.kind, "Edm.String")}"/>')
         lines.append('<NavigationProperty Name="ownerid" Type="mscrm.principal" Nullable="false"/>')
         lines.append("</EntityType>")
-        for table in (self.users.users, self.users.teams):
+        for table in (self.users.users, self.users.teams, self.message_filters):
             lines.append(
                 f'<EntityType Name="{table.logical}" BaseType="mscrm.crmbaseentity">'
                 f'<Key><PropertyRef Name="{table.primary_id}"/></Key>'
@@ -560,7 +577,8 @@ class DataverseService:
             lines.append("</EntityType>")
         lines.append('<EntityContainer Name="System">')
         lead_set = self.lead_table.entity_set
-        for entity_set, logical in ((lead_set, "lead"), ("systemusers", "systemuser"), ("teams", "team")):
+        entity_sets = ((lead_set, "lead"), ("systemusers", "systemuser"), ("teams", "team"))
+        for entity_set, logical in (*entity_sets, ("sdkmessagefilters", "sdkmessagefilter")):
             lines.append(f'<EntitySet Name="{entity_set}" EntityType="Microsoft.Dynamics.CRM.{logical}"/>')
         lines.extend(["</EntityContainer>", "</Schema>", "</edmx:DataServices>", "</edmx:Edmx>"])
         return "\n".join(lines)

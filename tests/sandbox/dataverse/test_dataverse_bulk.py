@@ -1,4 +1,5 @@
-"""CreateMultiple, UpdateMultiple, UpsertMultiple on leads: Dataverse semantics, all or nothing. BulkDelete refused."""
+"""CreateMultiple, UpdateMultiple, UpsertMultiple on leads: Dataverse semantics, all or nothing, only where the org
+offers them; their server time (an assumed model) and what the request log keeps. BulkDelete refused."""
 
 from __future__ import annotations
 
@@ -155,16 +156,14 @@ def test_upsert_multiple_creates_and_updates_by_alternate_key(api: WebApi) -> No
             ]
         },
     )
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["@odata.context"] == f"{api.base}/$metadata#Microsoft.Dynamics.CRM.UpsertMultipleResponse"
-    assert body["Ids"][0] == existing
+    # The Web API answers 204 without an UpsertMultipleResponse: nothing says which target was created.
+    assert (r.status_code, r.content) == (204, b""), r.text
     rows = _by_marker(api, marker)
     assert [(row["lastname"], row["uni_applicantid"]) for row in rows] == [
         ("Updated", existing_applicant),
         ("New", new_applicant),
     ]
-    assert rows[1]["leadid"] == body["Ids"][1]
+    assert rows[0]["leadid"] == existing and rows[1]["leadid"] != existing
 
 
 def test_upsert_multiple_key_in_body_fails_on_create_but_not_on_update(api: WebApi) -> None:
@@ -174,7 +173,7 @@ def test_upsert_multiple_key_in_body_fails_on_create_but_not_on_update(api: WebA
     api.create({"lastname": "Known", "uni_applicantid": known, "uni_reference": marker})
     update = _upsert_target(known, uni_applicantid=known, lastname="Known2")
     r = api.post("leads/Microsoft.Dynamics.CRM.UpsertMultiple", {"Targets": [update]})
-    assert r.status_code == 200, r.text
+    assert r.status_code == 204, r.text
     fresh = new_applicant_id()
     create = _upsert_target(fresh, uni_applicantid=fresh, lastname="Fresh", uni_reference=marker)
     r = api.post("leads/Microsoft.Dynamics.CRM.UpsertMultiple", {"Targets": [create]})
@@ -214,7 +213,8 @@ def test_upsert_multiple_by_id_and_unknown_key(api: WebApi) -> None:
     lead_id = str(uuid.uuid4())
     target = {"@odata.type": LEAD, "@odata.id": f"leads({lead_id})", "lastname": "ById", "uni_reference": marker}
     r = api.post("leads/Microsoft.Dynamics.CRM.UpsertMultiple", {"Targets": [target]})
-    assert r.status_code == 200 and r.json()["Ids"] == [lead_id]
+    assert r.status_code == 204, r.text
+    assert api.get(f"leads({lead_id})?$select=lastname").json()["lastname"] == "ById"
     bad = {"@odata.type": LEAD, "@odata.id": "leads(emailaddress1='a@b.example')", "lastname": "x"}
     status, code, message = error_of(api.post("leads/Microsoft.Dynamics.CRM.UpsertMultiple", {"Targets": [bad]}))
     assert (status, code) == (400, "0x80040203") and "not a defined key" in message
@@ -268,12 +268,90 @@ def test_bulk_message_inside_a_batch_changeset_rolls_back_with_it(api: WebApi) -
     assert _by_marker(api, marker) == []
 
 
-def test_a_bulk_message_counts_its_targets_in_service_protection(make_sandbox: Any) -> None:
-    """Three targets cost three operations of simulated server time, not one."""
-    sb, _ = make_sandbox(operation_ms=100, request_latency_ms=0)
-    api = WebApi(sb)  # the token comes from the login server: this is the Dataverse server's only request
-    r = api.post("leads/Microsoft.Dynamics.CRM.CreateMultiple", {"Targets": [_lead(_marker()) for _ in range(3)]})
-    assert r.status_code == 200, r.text
+def _meter(sb: Any) -> dict[str, Any]:
     [meter] = protection.usage(sb.state).values()
+    return meter
+
+
+@pytest.mark.parametrize(("base", "per_target", "expected_ops"), [(1.0, 0.25, 2.0), (0.0, 1.0, 4.0), (2.0, 0.5, 4.0)])
+def test_a_bulk_message_is_one_request_and_costs_its_configured_server_time(
+    make_sandbox: Any, base: float, per_target: float, expected_ops: float
+) -> None:
+    """Four targets cost ``base + 4 × per_target`` operations of simulated server time, as one request."""
+    sb, _ = make_sandbox(
+        operation_ms=100, request_latency_ms=0, bulk_request_operations=base, bulk_target_operations=per_target
+    )
+    api = WebApi(sb)  # the token comes from the login server: this is the Dataverse server's only request
+    r = api.post("leads/Microsoft.Dynamics.CRM.CreateMultiple", {"Targets": [_lead(_marker()) for _ in range(4)]})
+    assert r.status_code == 200, r.text
+    meter = _meter(sb)
     assert meter["requests"] == 1
-    assert meter["execution_ms"] >= 300
+    assert expected_ops * 100 <= meter["execution_ms"] < expected_ops * 100 + 150
+
+
+def test_a_bulk_message_costs_less_than_the_same_operations_in_a_batch(make_sandbox: Any) -> None:
+    """The default model: 8 upserts as UpsertMultiple cost 1 + 8 × 0.25 = 3 operations, as a $batch 8."""
+    sb, _ = make_sandbox(operation_ms=50, request_latency_ms=0)
+    api = WebApi(sb)
+    marker = _marker()
+    targets = [_upsert_target(new_applicant_id(), lastname="Cost", uni_reference=marker) for _ in range(8)]
+    assert api.post("leads/Microsoft.Dynamics.CRM.UpsertMultiple", {"Targets": targets}).status_code == 204
+    bulk_ms = _meter(sb)["execution_ms"]
+    parts = []
+    for index, item in enumerate(targets, start=1):
+        body = json.dumps({k: v for k, v in item.items() if not k.startswith("@")} | {"lastname": "Again"})
+        parts.append(
+            f"--batch_1\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+            f"Content-ID: {index}\r\n\r\nPATCH {api.base}/{item['@odata.id']} HTTP/1.1\r\n"
+            f"Content-Type: application/json\r\n\r\n{body}\r\n"
+        )
+    r = api.http.post(
+        f"{api.base}/$batch",
+        data=("".join(parts) + "--batch_1--\r\n").encode(),
+        headers=api.headers({"Content-Type": "multipart/mixed; boundary=batch_1"}),
+    )
+    assert r.status_code == 200, r.text
+    batch_ms = _meter(sb)["execution_ms"] - bulk_ms
+    assert 150 <= bulk_ms < 300 and 400 <= batch_ms < 550
+    assert [row["lastname"] for row in _by_marker(api, marker)] == ["Again"] * 8
+
+
+def test_a_failed_bulk_message_costs_the_targets_it_ran(make_sandbox: Any) -> None:
+    sb, _ = make_sandbox(operation_ms=100, request_latency_ms=0, bulk_request_operations=1, bulk_target_operations=1)
+    api = WebApi(sb)
+    marker = _marker()
+    targets = [_lead(marker), _lead(marker, lastname="x" * 51), _lead(marker), _lead(marker)]
+    assert error_of(api.post("leads/Microsoft.Dynamics.CRM.CreateMultiple", {"Targets": targets}))[1] == "0x80044331"
+    assert 300 <= _meter(sb)["execution_ms"] < 450  # the base and two targets (the second one failed)
+
+
+def test_an_org_without_bulk_support_refuses_the_messages(make_sandbox: Any) -> None:
+    sb, _ = make_sandbox(lead_bulk_messages=("CreateMultiple",))
+    api = WebApi(sb)
+    marker = _marker()
+    status, code, message = error_of(
+        api.post("leads/Microsoft.Dynamics.CRM.UpsertMultiple", {"Targets": [_upsert_target(new_applicant_id())]})
+    )
+    assert (status, code) == (400, "0x80040800")
+    assert message.startswith("The 'UpsertMultiple' method does not support entities of type 'lead'.")
+    assert api.post("leads/Microsoft.Dynamics.CRM.CreateMultiple", {"Targets": [_lead(marker)]}).status_code == 200
+    sb.state.config.lead_bulk_messages = ()  # the org's support can change between two requests
+    assert error_of(api.post("leads/Microsoft.Dynamics.CRM.CreateMultiple", {"Targets": [_lead(marker)]}))[:2] == (
+        400,
+        "0x80040800",
+    )
+    assert len(_by_marker(api, marker)) == 1
+
+
+def test_the_request_log_keeps_each_targets_type_and_id_but_no_value(make_sandbox: Any) -> None:
+    sb, admin = make_sandbox()
+    api = WebApi(sb)
+    applicant = new_applicant_id()
+    targets = [_upsert_target(applicant, lastname="Secret-Lastname"), {"lastname": "No-Type"}]
+    assert api.post("leads/Microsoft.Dynamics.CRM.UpsertMultiple", {"Targets": targets}).status_code == 400
+    [entry] = [e for e in admin.requests("dataverse") if e["path"].endswith("UpsertMultiple")]
+    assert entry["bulk"] == "UpsertMultiple" and entry["targets"] == 2
+    assert entry["target_types"] == [LEAD, None]
+    assert entry["target_ids"] == [f"leads(uni_applicantid='{applicant}')", None]
+    assert entry["error_code"] == "0x80048d19"
+    assert "Secret-Lastname" not in json.dumps(entry) and "No-Type" not in json.dumps(entry)

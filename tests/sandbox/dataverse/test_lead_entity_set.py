@@ -45,7 +45,7 @@ def test_metadata_and_routes_use_the_configured_name(renamed: tuple[WebApi, Sand
     meta = api.get(f"{LEAD}?$select=EntitySetName,PrimaryIdAttribute").json()
     assert (meta["EntitySetName"], meta["PrimaryIdAttribute"]) == ("uni_leads", "leadid")
     sets = {s["name"] for s in api.get("").json()["value"]}
-    assert sets == {"uni_leads", "systemusers", "teams", "EntityDefinitions"}
+    assert sets == {"uni_leads", "systemusers", "teams", "sdkmessagefilters", "EntityDefinitions"}
     csdl = api.get("$metadata").text
     assert '<EntitySet Name="uni_leads" EntityType="Microsoft.Dynamics.CRM.lead"/>' in csdl
     assert 'EntitySet Name="leads"' not in csdl
