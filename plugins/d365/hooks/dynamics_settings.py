@@ -5,6 +5,13 @@ secret, extras ``tenant_id`` (else discovered from the org's 401 challenge), ``a
 a local token service), ``ca_bundle`` (PEM to verify TLS against), ``sandbox``, ``verify`` and
 ``retry_after_max_seconds``. ``http://``, ``verify: false`` and a non-Microsoft authority are refused unless the
 connection is marked ``"sandbox": true`` (``d365.hooks.connection_policy``).
+
+Credential pool: the extra ``"pool": ["dynamics365_user2", "dynamics365_user3"]`` names further ``dynamics365``
+connections, each an application user of the same organization and tenant with its own secret (masked in the
+Airflow UI). Service-protection limits are per user, so the load spreads its batches over them
+(``d365.hooks.dynamics_pool``). ``check_pool_member`` refuses a member of another organization or tenant, the
+primary's own application user again, or a member that names a pool of its own; errors name the connection id and
+the client id, never a secret.
 """
 
 from __future__ import annotations
@@ -15,8 +22,38 @@ from urllib.parse import urlsplit
 
 from d365.hooks.connection_policy import check_transport, is_sandbox, verify_from_extra
 from d365.hooks.dynamics_auth import is_microsoft_login_host, normalise_origin
-from d365.hooks.errors import DynamicsAuthError
+from d365.hooks.errors import DynamicsAuthError, DynamicsError
 from d365.hooks.throttle import RETRY_AFTER_MAX_SECONDS
+
+
+class PoolConfigError(DynamicsError):
+    """The ``pool`` extra names connections that cannot share the load (another org or tenant, the same user
+    twice, a malformed list). A configuration error: retrying does not help."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+def parse_pool(conn_id: str, value: Any) -> tuple[str, ...]:
+    """The connection ids of the ``pool`` extra: a JSON list of ids (or one comma-separated text); none → ()."""
+    if value is None or value == "":
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise PoolConfigError(
+            f"connection {conn_id!r}: the extra pool must be a list of Airflow connection ids", code="PoolConfig"
+        )
+    ids = tuple(i.strip() for i in items if i.strip())
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise PoolConfigError(f"connection {conn_id!r}: the pool names {repeated} more than once", code="PoolConfig")
+    if conn_id in ids:
+        raise PoolConfigError(
+            f"connection {conn_id!r}: the pool names the connection itself; list the other application users only",
+            code="PoolConfig",
+        )
+    return ids
 
 
 @dataclass(frozen=True)
@@ -33,6 +70,7 @@ class DynamicsConnectionSettings:
     verify_extra: bool | str | None = None  # extra "verify" (False only honoured on a sandbox connection)
     conn_id: str = "dynamics365_default"
     retry_after_max_seconds: float = RETRY_AFTER_MAX_SECONDS
+    pool: tuple[str, ...] = ()  # extra "pool": connection ids of further application users (same org and tenant)
 
     @property
     def verify(self) -> str | bool:
@@ -83,4 +121,22 @@ class DynamicsConnectionSettings:
             verify_extra=verify_extra,
             conn_id=conn.conn_id,
             retry_after_max_seconds=float(cap) if cap not in (None, "") else RETRY_AFTER_MAX_SECONDS,
+            pool=parse_pool(conn.conn_id, extra.get("pool")),
         )
+
+
+def check_pool_member(primary: DynamicsConnectionSettings, member: DynamicsConnectionSettings) -> None:
+    """Refuse a pool member that cannot carry the primary's load: another organization or tenant, the primary's
+    own application user, or a pool of its own. The message names the member's connection and client id."""
+    where = f"connection {member.conn_id!r} (client {member.client_id}) in the pool of {primary.conn_id!r}"
+    problem = None
+    if member.org_url != primary.org_url:
+        problem = f"its organization {member.org_url} is not {primary.org_url}"
+    elif member.tenant_id and primary.tenant_id and member.tenant_id.lower() != primary.tenant_id.lower():
+        problem = f"its tenant {member.tenant_id} is not {primary.tenant_id}"
+    elif member.client_id.lower() == primary.client_id.lower():
+        problem = "it is the primary's own application user (same client id); list other application users"
+    elif member.pool:
+        problem = "it names a pool of its own; only the primary connection names the pool"
+    if problem:
+        raise PoolConfigError(f"{where}: {problem}", code="PoolConfig")
