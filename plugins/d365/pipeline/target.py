@@ -5,12 +5,16 @@ result in ``preflight.json`` (``target``); every later Dynamics call of the run 
 options, the load) uses that record, and the reconciliation DAG resolves it the same way. Nothing falls back
 to a default connection or to the entity set name ``leads``: an org may name its lead table's entity set
 differently, and a run must write where its preflight looked. A record that lacks a part is an error.
+
+``pool`` lists the further connections (application users of the same org, the connection's ``pool`` extra) that
+preflight checked: the load spreads its writes over the connection and exactly these. A record without it (older
+``preflight.json`` files, or a connection without a pool) means the connection alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 FIELDS = ("connection_id", "entity", "entity_set", "primary_id")
@@ -28,17 +32,19 @@ class LeadTarget:
     :param entity: the table's logical name (metadata calls: options, keys)
     :param entity_set: its Web API entity set name (``EntitySetName``; every data call)
     :param primary_id: its primary key column (``PrimaryIdAttribute``; lookups by lead id)
+    :param pool: connection ids of the further application users the load may write through (checked by preflight)
     """
 
     connection_id: str
     entity: str
     entity_set: str
     primary_id: str
+    pool: tuple[str, ...] = ()
 
     @classmethod
-    def from_metadata(cls, connection_id: str, meta: Any) -> LeadTarget:
+    def from_metadata(cls, connection_id: str, meta: Any, pool: Sequence[str] = ()) -> LeadTarget:
         """From the hook's ``EntityMetadata`` of the lead table, read through ``connection_id``."""
-        return cls(connection_id, meta.logical_name, meta.entity_set_name, meta.primary_id)
+        return cls(connection_id, meta.logical_name, meta.entity_set_name, meta.primary_id, tuple(pool))
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any] | None) -> LeadTarget:
@@ -50,7 +56,18 @@ class LeadTarget:
                 f"no Dynamics 365 target recorded by preflight (missing {', '.join(missing)}): "
                 "the run writes only where its preflight looked"
             )
-        return cls(*(str(doc[f]) for f in FIELDS))
+        pool = doc.get("pool") or []
+        if not isinstance(pool, list) or not all(isinstance(c, str) and c for c in pool):
+            raise TargetMissing("the target's pool recorded by preflight is not a list of connection ids")
+        return cls(*(str(doc[f]) for f in FIELDS), pool=tuple(pool))
 
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
+    @property
+    def connections(self) -> tuple[str, ...]:
+        """Every connection the load writes through: the target's own, then its pool."""
+        return (self.connection_id, *self.pool)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {f: getattr(self, f) for f in FIELDS}
+        if self.pool:  # a target without a pool is recorded as before
+            doc["pool"] = list(self.pool)
+        return doc

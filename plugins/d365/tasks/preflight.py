@@ -32,8 +32,11 @@ def preflight(rc: RunContext) -> dict[str, Any]:
 
 def _preflight(rc: RunContext) -> dict[str, Any]:
     """Before any extract: token and WhoAmI, the mapping against the live lead metadata (schema drift names
-    the attribute), the contact owner and every owner-rule owner (exists, enabled, a person), then the
-    DreamApply connection. Dynamics problems stop the run before DreamApply is asked anything."""
+    the attribute), every application user the load writes through (the connection's and its pool's: token,
+    WhoAmI, the user exists, is enabled, holds a security role; a failure names the connection and client id), the
+    contact owner and every owner-rule owner (exists, enabled, a person), then the DreamApply connection. Dynamics
+    problems stop the run before DreamApply is asked anything. The pool preflight checked is recorded in the target,
+    so the load writes through exactly these users."""
     from d365.hooks.dreamapply import DreamApplyHook
     from d365.hooks.dynamics import DynamicsHook
     from d365.pipeline.fit import LeadSchema, check_mapping
@@ -56,6 +59,8 @@ def _preflight(rc: RunContext) -> dict[str, Any]:
     }
     schema = LeadSchema.from_metadata_json(schema_doc)
     errors += check_mapping(s, schema)
+    app_users, user_errors = _check_application_users(dyn, who)
+    errors += user_errors
 
     key_status = None
     if s.dynamics.alternate_key:
@@ -84,28 +89,66 @@ def _preflight(rc: RunContext) -> dict[str, Any]:
     except ApiError as exc:
         raise _preflight_api_failure(f"DreamApply connection {s.dreamapply.connection_id!r}", exc) from exc
 
-    target = LeadTarget.from_metadata(s.dynamics.connection_id, meta)  # every later Dynamics call uses it
+    # every later Dynamics call uses it; the load writes through its connection and pool
+    target = LeadTarget.from_metadata(s.dynamics.connection_id, meta, pool=[u.connection_id for u in app_users[1:]])
     doc = {
         "instance": instance,
         "target": target.to_json(),
+        "application_users": [u.to_json() for u in app_users],
         "owner_id": owners.default,
         "owners": owners.to_json(),
         "caller_id": who.get("UserId"),
         "dop_hint": dyn.dop_hint,
+        "throttle": dyn.throttle.snapshot(),  # the limits and the measured request time, for the dry run's estimate
         "alternate_key_status": key_status,
         "schema": schema_doc,
     }
     rc.folder.write_json(PREFLIGHT, doc)
     log.info(
-        "preflight ok: instance %s, target %s on connection %s, owner %s (%d owner rules), alternate key %s",
+        "preflight ok: instance %s, target %s on connection %s (%d application users), owner %s (%d owner rules), "
+        "alternate key %s",
         instance,
         target.entity_set,
         target.connection_id,
+        len(target.connections),
         owners.default,
         len(owners.rules),
         key_status,
     )
     return {"run_folder": rc.folder.url, "instance": instance, "target": target.to_json()}
+
+
+def _check_application_users(dyn: Any, who: dict[str, Any]) -> tuple[list[Any], list[str]]:
+    """The connection's application user and every pool member's (``d365.hooks.dynamics_pool``): each must get a
+    token, answer WhoAmI, exist, be enabled and hold a security role; a member must be of the same org and tenant.
+    Returns the users that passed (the connection's first) and one error line per user that did not, naming its
+    connection and client id. A service that cannot be reached raises (the task's retries apply)."""
+    from d365.hooks.dynamics import DynamicsHook
+    from d365.hooks.dynamics_pool import ApplicationUserProblem, DynamicsPool, auth_reason, check_application_user
+    from d365.hooks.errors import DynamicsAuthError
+
+    try:
+        pool = DynamicsPool([dyn, *(DynamicsHook(conn_id) for conn_id in dyn.settings.pool)])
+    except ApiError as exc:  # the pool extra or a member's connection cannot share the load
+        raise _preflight_api_failure("the Dynamics 365 credential pool", exc) from exc
+    passed: list[Any] = []
+    errors: list[str] = []
+    try:
+        for member in pool.members:
+            hook = member.hook
+            where = f"application user {hook.dynamics365_conn_id!r} (client {hook.settings.client_id})"
+            try:
+                passed.append(check_application_user(hook, who if hook is dyn else None))
+            except DynamicsAuthError as exc:
+                errors.append(f"{where}: {exc.code + ' ' if exc.code else ''}{auth_reason(exc)} ({exc.describe()})")
+            except ApiError as exc:
+                if exc.retryable:
+                    raise _preflight_api_failure(where, exc) from exc
+                errors.append(f"{where}: {exc.message if isinstance(exc, ApplicationUserProblem) else exc.describe()}")
+    finally:
+        for member in pool.members[1:]:
+            member.hook.close()
+    return passed, errors
 
 
 def _attribute_doc(a: Any) -> dict[str, Any]:
