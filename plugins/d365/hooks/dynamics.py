@@ -14,6 +14,8 @@ The hook is assembled from one module per concern (see the Dataverse reference, 
 * ``d365.hooks.dynamics_query``: paged queries, lookups by a column's values (``query_in``), users;
 * ``d365.hooks.odata``: literals, key segments, query strings, ``In()`` filters;
 * ``d365.hooks.dynamics_batch``: the ``$batch`` wire format;
+* ``d365.hooks.dynamics_bulk``: ``write_operations``, planned upserts as UpsertMultiple where the org has it
+  (``bulk_messages``, in ``dynamics_metadata``), ``$batch`` for the rest and as the fallback of a failed group;
 * this module: identity (WhoAmI), the single upsert and ``$batch`` execution (the sync sends every write,
   deletes included, as ``$batch`` operations).
 """
@@ -36,14 +38,23 @@ from d365.hooks.dynamics_batch import (
     map_batch_results,
     parse_batch_response,
 )
+from d365.hooks.dynamics_bulk import DEFAULT_GROUP_SIZE, BulkResult, write_operations
 from d365.hooks.dynamics_connection import DEFAULT_CONN_ID
-from d365.hooks.dynamics_metadata import AlternateKey, AttributeInfo, DynamicsMetadataReads, EntityMetadata
+from d365.hooks.dynamics_metadata import (
+    BULK_MESSAGES,
+    AlternateKey,
+    AttributeInfo,
+    DynamicsMetadataReads,
+    EntityMetadata,
+)
 from d365.hooks.dynamics_query import DynamicsQueries, ValueLookup
 from d365.hooks.dynamics_settings import DynamicsConnectionSettings
 from d365.hooks.errors import DynamicsMalformedAnswer
 from d365.hooks.odata import ENTITY_ID_RE, GUID_RE, entity_path, key_segment, odata_literal, query_string
 
 __all__ = [
+    "BULK_MESSAGES",
+    "DEFAULT_GROUP_SIZE",
     "GUID_RE",
     "MAX_BATCH_OPERATIONS",
     "AlternateKey",
@@ -51,6 +62,7 @@ __all__ = [
     "BatchOperation",
     "BatchRequest",
     "BatchResult",
+    "BulkResult",
     "DynamicsConnectionSettings",
     "DynamicsHook",
     "EntityMetadata",
@@ -59,6 +71,7 @@ __all__ = [
     "entity_path",
     "key_segment",
     "odata_literal",
+    "write_operations",
 ]
 
 

@@ -1,8 +1,10 @@
-"""Dataverse table metadata for the Dynamics hook: column types, lengths, writability, option sets, keys.
+"""Dataverse table metadata for the Dynamics hook: column types, lengths, writability, option sets, keys, and
+which bulk messages a table supports.
 
 What the mapping step validates against before anything is sent. Option sets of Picklist, State, Status and
 Boolean columns are read with one cast request per type that the table actually has; local picklist options
-can be added (``InsertOptionValue``) and published (``PublishXml``).
+can be added (``InsertOptionValue``) and published (``PublishXml``). ``bulk_messages`` asks ``sdkmessagefilters``
+with the query of Microsoft's "Use bulk operation messages" page (reference §12).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Any, NamedTuple
 
 from d365.hooks.answers import Where, odata_entity
 from d365.hooks.dynamics_core import DynamicsCore
-from d365.hooks.errors import DynamicsError, DynamicsMalformedAnswer
+from d365.hooks.errors import DynamicsAuthError, DynamicsError, DynamicsMalformedAnswer
 from d365.hooks.odata import odata_literal, query_string
 
+BULK_MESSAGES = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
 _OPTION_CASTS = {
     "Picklist": "PicklistAttributeMetadata",
     "State": "StateAttributeMetadata",
@@ -183,6 +186,41 @@ class DynamicsMetadataReads(DynamicsCore):
             )
             for r in rows
         ]
+
+    def bulk_messages(self, entity_logical_name: str = "lead") -> frozenset[str]:
+        """Which of CreateMultiple, UpdateMultiple and UpsertMultiple the org supports for the table.
+
+        One ``sdkmessagefilters`` query per message (a row means supported, an empty ``value`` not). UpsertMultiple
+        counts as supported where the org lists it, and where it lists both CreateMultiple and UpdateMultiple
+        (Microsoft: UpsertMultiple is available where both are). An application user without read access to
+        ``sdkmessagefilters`` (403) gets an empty set and a warning: no bulk messages, ``$batch`` as before.
+        """
+        listed = set()
+        for message in BULK_MESSAGES:
+            where = (
+                f"sdkmessageid/name eq {odata_literal(message)} and "
+                f"primaryobjecttypecode eq {odata_literal(entity_logical_name)}"
+            )
+            try:
+                rows = self._get_values(
+                    "sdkmessagefilters",
+                    {"$select": "sdkmessagefilterid", "$filter": where},
+                    key="sdkmessagefilterid",
+                )
+            except DynamicsAuthError as exc:
+                if exc.status != 403:
+                    raise
+                self.log.warning(
+                    "Dynamics 365: cannot read sdkmessagefilters (%s): bulk messages are not used for %s",
+                    exc.code or "HTTP 403",
+                    entity_logical_name,
+                )
+                return frozenset()
+            if rows:
+                listed.add(message)
+        if {"CreateMultiple", "UpdateMultiple"} <= listed:
+            listed.add("UpsertMultiple")
+        return frozenset(listed)
 
     def insert_option_value(
         self,
