@@ -271,5 +271,4 @@ def _send_group(
     hook._bump("bulk_requests")
     hook._bump("bulk_operations", len(ops))
     hook.log.info("Dynamics 365: UpsertMultiple of %d -> HTTP %d", len(ops), response.status_code)
-    headers = dict(response.headers)
-    return [BulkResult(operation=op, status=response.status_code, headers=headers) for op in ops]
+    return [BulkResult(operation=op, status=response.status_code, headers=dict(response.headers)) for op in ops]
