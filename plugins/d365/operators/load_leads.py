@@ -19,34 +19,40 @@ no longer exists, which counts as done. They end ``withdrawn`` / ``erasing`` in 
 commit has scrubbed the run files and the row), the lead id forgotten when the lead is gone. Error texts are
 stored without the values that were sent (``privacy.redact``).
 
-Throughput: batches run on a thread pool of ``min(x-ms-dop-hint, max_workers)`` workers that share the hook's
-one throttle (``d365.hooks.throttle``: Retry-After pause for all, AIMD concurrency, pacing against the
-window's request and execution-time budgets). Only the main thread touches the ledger (SQLite allows one
-writer) and the results file: it records each batch as it completes. The plan is streamed: it is read in
+Application users: the load writes through a credential pool (``d365.hooks.dynamics_pool``): the target's
+connection and the pool preflight checked (``LeadTarget.pool``; without a preflight record, the connection's own
+``pool`` extra). Service-protection limits are per user, so each member has its own hook, token and throttle
+(``d365.hooks.throttle``: Retry-After pause for all of that user's requests, AIMD concurrency, pacing against the
+window's request and execution-time budgets) and its own ``x-ms-dop-hint``. A member that fails authentication
+mid-load (a revoked secret) is taken out for the run and its batch goes to another; ``load/stats.json`` (``pool``)
+and the report name it. Creates carry their owner bind from the plan, so whichever user sends a create, the lead
+is owned per the owner rules.
+
+Throughput: batches run on a thread pool of as many workers as the pool's members admit together (each
+``min(x-ms-dop-hint, max_workers)``). The batch loop and the recording of answers are ``load_runner``'s: only the
+main thread touches the ledger (SQLite allows one writer) and the results file. The plan is streamed: it is read in
 slices, each slice checked against the ledger, and at most ``2 × workers`` batches are queued at any time, so
 memory stays flat whatever the plan's size. A batch that failed as a whole with a transient fault after the
 hook's own retries, or operations answered 429/5xx or not executed, are sent again (``batch_attempts`` in
 all); a batch that still fails stops the load (the batches already answered are in the ledger, so the task's
-retry only sends the rest). ``load/stats.json`` holds the hook's counters and the throttle's (429s, waits,
-concurrency changes, the budgets used).
+retry only sends the rest). ``load/stats.json`` holds the hooks' counters and the throttles' (429s, waits,
+concurrency changes, the budgets used), per member under ``pool``.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
+from d365.operators.load_runner import PRIVACY_OUTCOMES, LoadRecorder, run_batches
 from d365.pipeline import runfiles
-from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate, default_ledger_url
-from d365.pipeline.plan import ADOPT, CREATE, ERASE, OWNER_BIND, PRIVACY_WRITES, WITHDRAW, WRITES, Operation
-from d365.pipeline.privacy import redact
+from d365.pipeline.ledger import LeadState, Ledger, default_ledger_url
+from d365.pipeline.plan import CREATE, OWNER_BIND, PRIVACY_WRITES, WRITES, Operation
 from d365.pipeline.target import LeadTarget, TargetMissing
 from d365.runtime.runfolder import RunFolder
 
@@ -60,13 +66,6 @@ LOCK_FILE = runfiles.LOCK
 LOCK_RENEW_SECONDS = 30.0  # the lock is renewed (and checked) at most this often while batches complete
 # Plan operations checked against the ledger at a time (bounds memory while streaming the plan).
 PLAN_SLICE = 5000
-# An operation answered with one of these inside a $batch may succeed when sent again.
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-# what a privacy write becomes in the ledger and in load/results.jsonl
-# (an erasure stays ``erasing`` until the commit has scrubbed the ledger row and the run files: then ``erased``)
-PRIVACY_OUTCOMES = {WITHDRAW: ("withdrawn", LeadState.WITHDRAWN), ERASE: ("erased", LeadState.ERASING)}
 SENDABLE_METHODS = frozenset({"PATCH", "DELETE"})
 
 
@@ -98,7 +97,7 @@ class LoadLeadsOperator(BaseOperator):
         ``target`` of the run's ``preflight.json``)
     :param entity_set: Web API entity set of the lead table (templated; default: as ``dynamics365_conn_id``)
     :param batch_size: operations per ``$batch`` request (each runs on its own: continue-on-error)
-    :param max_workers: most parallel requests; the effective number is min(this, ``x-ms-dop-hint``)
+    :param max_workers: most parallel requests per application user; each user's is min(this, its ``x-ms-dop-hint``)
     :param throttle: throttle settings over the connection's extras, e.g. ``{"max_execution_ms": 1_200_000,
         "window_seconds": 300, "max_requests": 6000, "safety_margin": 0.95}`` (``d365.hooks.throttle``)
     :param batch_attempts: times a batch (or its transiently failed operations) is sent before giving up
@@ -135,13 +134,41 @@ class LoadLeadsOperator(BaseOperator):
         self.require_lock = require_lock
         self._lock: dict[str, Any] | None = None
         self._lock_checked = 0.0
+        self.pool_members: tuple[str, ...] | None = None  # preflight's LeadTarget.pool; None: the connection's extra
 
     def get_hook(self) -> Any:
-        from d365.hooks.dynamics import DynamicsHook
-
+        """The hook of the target's connection (the pool's first member)."""
         if not self.dynamics365_conn_id:
             raise AirflowFailException("load: no Dynamics 365 connection resolved (preflight's target)")
-        return DynamicsHook(self.dynamics365_conn_id, throttle={**self.throttle, "max_concurrency": self.max_workers})
+        return self.member_hook(self.dynamics365_conn_id)
+
+    def member_hook(self, conn_id: str) -> Any:
+        """The hook of one application user, with the load's throttle settings (limits are per user)."""
+        from d365.hooks.dynamics import DynamicsHook
+
+        return DynamicsHook(conn_id, throttle={**self.throttle, "max_concurrency": self.max_workers})
+
+    def get_pool(self) -> Any:
+        """The credential pool: the target's connection, then the pool preflight checked (else the connection's
+        ``pool`` extra). A member that cannot share the load (another org) fails the task before any request."""
+        from d365.hooks.dynamics_pool import DynamicsPool
+        from d365.hooks.errors import ApiError
+
+        primary = self.get_hook()
+        try:
+            names = primary.settings.pool if self.pool_members is None else self.pool_members
+            return DynamicsPool([primary, *(self.member_hook(name) for name in names)])
+        except ApiError as exc:
+            primary.close()
+            raise AirflowFailException(f"load: {exc}") from None
+
+    def write(self, hook: Any, operations: Sequence[Operation]) -> list[Any]:
+        """How one application user sends a batch of planned requests, as they are: one ``$batch`` with
+        continue-on-error (``dynamics_pool.write_batch``). One result per operation, in order; the pool calls it
+        with the member it chose."""
+        from d365.hooks.dynamics_pool import write_batch
+
+        return write_batch(hook, operations)
 
     def _resolve_target(self, folder: RunFolder) -> None:
         """Settle the connection and entity set before any request: preflight's, never a default.
@@ -163,6 +190,7 @@ class LoadLeadsOperator(BaseOperator):
                 shown = "; ".join(f"{k} {given[k]!r} but preflight used {found[k]!r}" for k in differ)
                 raise AirflowFailException(f"load: the target differs from preflight's ({shown}); nothing sent")
             given = found
+            self.pool_members = recorded.pool  # the application users preflight checked, exactly
         missing = [k for k, v in given.items() if not v]
         if missing:
             raise AirflowFailException(
@@ -174,7 +202,7 @@ class LoadLeadsOperator(BaseOperator):
         folder = RunFolder(self.run_folder)
         run_id = context.get("run_id", None)
         ledger = Ledger(self.ledger_url or default_ledger_url())
-        hook: Any = None
+        pool: Any = None
         counts = {"writes": 0, "skipped": 0, "batches": 0, "resent_batches": 0, "resent_operations": 0}
         started = time.monotonic()
         try:
@@ -185,28 +213,42 @@ class LoadLeadsOperator(BaseOperator):
             self._resolve_target(folder)
             batches = self._pending_batches(ledger, folder, counts)
             first = next(batches, None)  # the plan's first slice is checked before any hook or request exists
-            hook = self.get_hook()
+            pool = self.get_pool()
             workers = 0
             failure: BaseException | None = None
             if first is not None:  # nothing to write: no request at all
-                hook.whoami()  # proves auth and reads x-ms-dop-hint, which caps the throttle's concurrency
-                workers = max(1, int(hook.throttle.cap))
+                pool.whoami()  # proves every user's token, reads each x-ms-dop-hint (caps each user's throttle)
+                workers = max(1, int(pool.cap))
                 self.log.info(
-                    "loading with %d workers (x-ms-dop-hint %s, max %d)", workers, hook.dop_hint, self.max_workers
+                    "loading with %d workers over %d application users (x-ms-dop-hint %s, max %d per user)",
+                    workers,
+                    len(pool.active),
+                    ", ".join(f"{conn} {hint}" for conn, hint in pool.dop_hints.items()),
+                    self.max_workers,
                 )
                 with folder.file(RESULTS_FILE).open("a", encoding="utf-8") as results_fh:
-
-                    def send(chunk: list[Operation]) -> list[Any]:  # the planned requests, sent as they are
-                        return hook.execute_batch(chunk, continue_on_error=True, idempotent=True)
-
-                    failure = self._run_batches(
-                        send, itertools.chain([first], batches), workers, ledger, results_fh, run_id, counts
+                    recorder = LoadRecorder(
+                        ledger=ledger,
+                        instance=self.instance,
+                        results=results_fh,
+                        run_id=run_id,
+                        version=int(self._lock["generation"]) if self._lock else None,
+                        counts=counts,
+                        log=self.log,
+                        after_batch=lambda: self._hold_lock(ledger, run_id),
+                    )
+                    failure = run_batches(
+                        lambda chunk: pool.send(chunk, self.write),  # the planned requests, sent as they are
+                        itertools.chain([first], batches),
+                        workers=workers,
+                        batch_attempts=self.batch_attempts,
+                        recorder=recorder,
                     )
             if counts["skipped"]:
                 self.log.info(
                     "%d of %d writes already done by an earlier try; skipped", counts["skipped"], counts["writes"]
                 )
-            stats: dict[str, Any] = dict(hook.stats)
+            stats: dict[str, Any] = dict(pool.stats)  # the members' counters; per member and who was removed: pool
             elapsed = time.monotonic() - started
             sent = counts["writes"] - counts["skipped"]
             stats.update(
@@ -215,12 +257,14 @@ class LoadLeadsOperator(BaseOperator):
                 batch_size=self.batch_size,
                 elapsed_seconds=round(elapsed, 3),
                 operations_per_second=round(sent / elapsed, 1) if elapsed > 0 else None,
-                throttle=hook.throttle.snapshot(),
+                throttle=pool.throttle_snapshot(),
             )
+            for removed in pool.removed:
+                self.log.warning("load: %s", removed.describe())
         finally:
             ledger.dispose()
-            if hook is not None:
-                hook.close()
+            if pool is not None:
+                pool.close()
         folder.write_json(STATS_FILE, stats)
         if failure is not None:
             raise failure
@@ -248,104 +292,6 @@ class LoadLeadsOperator(BaseOperator):
                 buffer = []
         if buffer:
             yield from flush(buffer)
-
-    def _run_batches(
-        self,
-        send: Any,
-        batches: Iterator[list[Operation]],
-        workers: int,
-        ledger: Ledger,
-        results_fh: Any,
-        run_id: str | None,
-        counts: dict[str, int],
-    ) -> BaseException | None:
-        """Send batches on ``workers`` threads; record each answer from this (the main) thread.
-
-        Returns the error that stopped the load, if any (after recording everything already answered).
-        """
-        from d365.hooks.errors import ApiError, DynamicsAuthError
-
-        running: dict[Future[list[Any]], tuple[list[Operation], int]] = {}
-        retry: list[tuple[list[Operation], int]] = []
-        failure: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="d365-load") as pool:
-
-            def submit(chunk: list[Operation], attempt: int) -> None:
-                running[pool.submit(send, chunk)] = (chunk, attempt)
-
-            def collect(block: bool) -> None:
-                nonlocal failure
-                done, _ = wait(list(running), timeout=None if block else 0, return_when=FIRST_COMPLETED)
-                for future in done:
-                    chunk, attempt = running.pop(future)
-                    try:
-                        results = future.result()
-                    except Exception as exc:
-                        # A 401 after the hook's token refresh: the new token was revoked too (early expiry
-                        # while the batch was on its way). Nothing ran, so send the batch once more.
-                        refused = isinstance(exc, DynamicsAuthError) and exc.status == 401 and attempt == 1
-                        transient = refused or (isinstance(exc, ApiError) and exc.retryable)
-                        if transient and attempt < self.batch_attempts and failure is None:
-                            self.log.warning("batch of %d failed (%s); sending it again", len(chunk), exc)
-                            counts["resent_batches"] += 1
-                            retry.append((chunk, attempt + 1))
-                        elif failure is None:
-                            failure = exc
-                        continue
-                    again = [
-                        i
-                        for i, res in enumerate(results)
-                        if (not res.executed or res.status in TRANSIENT_STATUSES) and attempt < self.batch_attempts
-                    ]
-                    if again:
-                        counts["resent_operations"] += len(again)
-                        retry.append(([chunk[i] for i in again], attempt + 1))
-                        keep = set(range(len(chunk))) - set(again)
-                        chunk = [op for i, op in enumerate(chunk) if i in keep]
-                        results = [res for i, res in enumerate(results) if i in keep]
-                    self._record(chunk, results, ledger, results_fh, run_id, counts)
-
-            try:
-                for chunk in batches:
-                    while len(running) >= 2 * workers:
-                        collect(block=True)
-                    if failure is not None:
-                        break
-                    while retry:
-                        submit(*retry.pop())
-                    submit(chunk, 1)
-                    collect(block=False)
-            except PlanRefused as exc:  # a later slice of the plan: record what is running, then stop
-                failure = failure or exc
-            while running or (retry and failure is None):
-                while retry and failure is None:
-                    submit(*retry.pop())
-                if running:
-                    collect(block=True)
-        return failure
-
-    def _record(
-        self,
-        chunk: list[Operation],
-        results: Sequence[Any],
-        ledger: Ledger,
-        results_fh: Any,
-        run_id: str | None,
-        counts: dict[str, int],
-    ) -> None:
-        if not chunk:
-            return
-        updates, rows = self._outcomes(chunk, results)
-        version = int(self._lock["generation"]) if self._lock else None
-        ledger.record(self.instance, updates, run_id=run_id, version=version)
-        for row in rows:
-            results_fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str))
-            results_fh.write("\n")
-        results_fh.flush()
-        counts["batches"] += 1
-        failed = sum(r["outcome"] == "failed" for r in rows)
-        self.log.info("batch %d: %d operations, %d failed", counts["batches"], len(chunk), failed)
-        self._hold_lock(ledger, run_id)
 
     def _hold_lock(self, ledger: Ledger, run_id: str | None, *, force: bool = False) -> None:
         """Renew the run's sync lock (at most every ``LOCK_RENEW_SECONDS``); stop the load if it was lost."""
@@ -379,84 +325,3 @@ class LoadLeadsOperator(BaseOperator):
                 continue
             pending.append(op)
         return pending
-
-    @staticmethod
-    def _outcomes(chunk: list[Operation], results: Sequence[Any]) -> tuple[list[LedgerUpdate], list[dict[str, Any]]]:
-        updates: list[LedgerUpdate] = []
-        rows: list[dict[str, Any]] = []
-        for op, res in zip(chunk, results, strict=True):
-            if op.action in PRIVACY_WRITES and (
-                res.status == 404 or (res.error is None and res.status is not None and 200 <= res.status < 300)
-            ):
-                outcome, state = PRIVACY_OUTCOMES[op.action]
-                gone = op.method == "DELETE" or res.status == 404
-                reason = op.reason or outcome
-                if res.status == 404:
-                    reason += " (the lead no longer existed)"
-                updates.append(
-                    LedgerUpdate(
-                        op.applicant_id,
-                        state,
-                        lead_id=None if gone else op.lead_id,
-                        reason=reason,
-                        clear_lead_id=gone,
-                    )
-                )
-                rows.append(
-                    {
-                        "applicant_id": op.applicant_id,
-                        "lead_id": None if gone else op.lead_id,
-                        "outcome": outcome,
-                        "status": res.status,
-                        "action": op.action,
-                        "method": op.method,
-                    }
-                )
-                continue
-            if res.error is None and res.status is not None and 200 <= res.status < 300:
-                if op.action == ADOPT:
-                    outcome = "adopted"
-                elif res.status == 201 or (res.status == 204 and op.action == CREATE):
-                    outcome = "created"
-                else:
-                    outcome = "updated"
-                updates.append(
-                    LedgerUpdate(
-                        op.applicant_id,
-                        LeadState.SENT,
-                        lead_id=op.lead_id,
-                        payload_hash=op.payload_hash,
-                        adopted=op.adopted,
-                        synced=True,
-                    )
-                )
-                rows.append(
-                    {"applicant_id": op.applicant_id, "lead_id": op.lead_id, "outcome": outcome, "status": res.status}
-                )
-                continue
-            err = res.error
-            code = getattr(err, "code", None) or (str(res.status) if res.status else "not_executed")
-            message = getattr(err, "message", None) or "the operation was not executed"
-            message = redact(message, (op.body or {}).values()) or message
-            updates.append(
-                LedgerUpdate(
-                    op.applicant_id,
-                    LeadState.FAILED,
-                    lead_id=op.lead_id,
-                    payload_hash=op.payload_hash or None,
-                    reason=op.reason,  # a failed withdrawal or erasure is planned again next run
-                    error_code=code,
-                    error=message[:500],
-                )
-            )
-            rows.append(
-                {
-                    "applicant_id": op.applicant_id,
-                    "lead_id": op.lead_id,
-                    "outcome": "failed",
-                    "status": res.status,
-                    "error_code": code,
-                    "error": message[:300],
-                }
-            )
-        return updates, rows

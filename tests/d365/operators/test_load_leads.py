@@ -1,4 +1,4 @@
-"""LoadLeadsOperator: planned requests are sent as planned, unfinished ones refused; ledger outcomes (no network)."""
+"""LoadLeadsOperator: planned requests are sent as planned, unfinished ones refused (no network)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,10 @@ import json
 
 import pytest
 
-from d365.hooks.dynamics_batch import BatchResult, build_batch
-from d365.hooks.errors import DynamicsError, DynamicsNotFound
-from d365.operators.load_leads import LoadLeadsOperator, PlanRefused, check_request
-from d365.pipeline.ledger import LeadState
+from d365.hooks.dynamics_batch import build_batch
+from d365.operators.load_leads import PlanRefused, check_request
 from d365.pipeline.owners import OwnerIds
 from d365.pipeline.plan import ADOPT, CREATE, ERASE, UPDATE, WITHDRAW, Operation, final_requests
-
-
-def result(op: Operation, status: int | None, error: Exception | None = None) -> BatchResult:
-    return BatchResult(operation=op, status=status, error=error)  # type: ignore[arg-type]
 
 
 def test_the_load_sends_each_request_as_planned() -> None:
@@ -77,29 +71,3 @@ def test_finished_requests_pass_the_check() -> None:
     ]
     for op in final_requests(ops, entity_set="leads", owners=OwnerIds("O"), owner_rules={}):
         check_request(op, "leads")
-
-
-def test_privacy_outcomes_gone_leads_count_as_done_and_failures_keep_the_reason() -> None:
-    ops = [
-        Operation(1, WITHDRAW, "L1", "", {"donotemail": True}, reason="consent withdrawn: flag"),
-        Operation(2, ERASE, "L2", "", {}, method="DELETE", reason="right to be forgotten: delete"),
-        Operation(3, ERASE, "L3", "", {"lastname": None}, reason="right to be forgotten: anonymise"),
-        Operation(4, WITHDRAW, "L4", "", {"firstname": "Zoë Example"}, reason="consent withdrawn: flag"),
-    ]
-    results = [
-        result(ops[0], 204),
-        result(ops[1], 204),
-        result(ops[2], 404, DynamicsNotFound("lead With Id = L3 Does Not Exist", status=404)),
-        result(ops[3], 400, DynamicsError("Cannot convert the literal 'Zoë Example'", status=400, code="0x1")),
-    ]
-    updates, rows = LoadLeadsOperator._outcomes(ops, results)
-    by_id = {u.applicant_id: u for u in updates}
-    assert (by_id[1].state, by_id[1].lead_id, by_id[1].clear_lead_id) == (LeadState.WITHDRAWN, "L1", False)
-    assert by_id[1].reason == "consent withdrawn: flag"
-    assert (by_id[2].state, by_id[2].lead_id, by_id[2].clear_lead_id) == (LeadState.ERASING, None, True)
-    assert (by_id[3].state, by_id[3].clear_lead_id) == (LeadState.ERASING, True)
-    assert by_id[3].reason == "right to be forgotten: anonymise (the lead no longer existed)"
-    assert by_id[4].state is LeadState.FAILED and by_id[4].reason == "consent withdrawn: flag"
-    assert "Zoë Example" not in (by_id[4].error or "") and "[redacted]" in (by_id[4].error or "")
-    assert [r["outcome"] for r in rows] == ["withdrawn", "erased", "erased", "failed"]
-    assert "Zoë Example" not in rows[3]["error"]
