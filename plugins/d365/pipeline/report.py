@@ -1,4 +1,11 @@
-"""The run summary: one line per outcome, the same text in the task log, the DAG run note and report.json."""
+"""The run summary: one line per outcome, the same text in the task log, the DAG run note and report.json.
+
+With a credential pool (several application users, ``d365.hooks.dynamics_pool``) the summary says how many users
+carried the load and how much each sent, and names every user taken out of the pool during the load with the
+reason (``user dynamics365_user2 removed from the pool: AADSTS7000215 invalid client secret``): the load finished on
+the others, but that user's secret or role needs fixing. ``report.json`` lists them under ``removed_users``
+(connection id, client id, error code, reason; never a secret).
+"""
 
 from __future__ import annotations
 
@@ -71,6 +78,7 @@ def build_report(
         "failures": failures or [],
         "quarantine": quarantine or [],
         "carried_to_next_run": sorted(carried or []),
+        "removed_users": removed_users(load_stats),
     }
     if quality:
         files = quality.get("files") or {}
@@ -87,6 +95,33 @@ def build_report(
             "field_issues_file": files.get("field_issues"),
         }
     return report
+
+
+def removed_users(load_stats: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The application users the load took out of its pool (``load/stats.json``'s ``pool.removed``)."""
+    pool = (load_stats or {}).get("pool") or {}
+    return [dict(r) for r in pool.get("removed") or [] if isinstance(r, Mapping)]
+
+
+def removed_user_line(removed: Mapping[str, Any]) -> str:
+    """``user dynamics365_user2 removed from the pool: AADSTS7000215 invalid client secret (client <id>)``."""
+    code = f"{removed['error_code']} " if removed.get("error_code") else ""
+    client = f" (client {removed['client_id']})" if removed.get("client_id") else ""
+    return f"user {removed.get('connection_id')} removed from the pool: {code}{removed.get('reason') or ''}{client}"
+
+
+def _pool_lines(report: Mapping[str, Any]) -> list[str]:
+    pool = (report.get("load") or {}).get("pool") or {}
+    members = [m for m in pool.get("members") or [] if isinstance(m, Mapping)]
+    lines = []
+    if len(members) > 1:
+        lines.append(
+            f"application users: {len(members)} (requests: "
+            + ", ".join(f"{m.get('connection_id')} {m.get('requests', 0)}" for m in members)
+            + ")"
+        )
+    lines += [removed_user_line(r) for r in report.get("removed_users") or []]
+    return lines
 
 
 def quality_summary(folder: Any) -> dict[str, Any] | None:
@@ -113,6 +148,7 @@ def summary_text(report: Mapping[str, Any]) -> str:
                 requests=load.get("requests", 0), retries=load.get("retries", 0), throttled=load.get("throttled", 0)
             )
         )
+    lines += _pool_lines(report)
     quality = report.get("quality") or {}
     if quality.get("summary"):
         stopped = "" if quality.get("ok", True) else " (quality gate FAILED: nothing written)"
