@@ -151,6 +151,8 @@ class LoadLeadsOperator(BaseOperator):
     def get_pool(self) -> Any:
         """The credential pool: the target's connection, then the pool preflight checked (else the connection's
         ``pool`` extra). A member that cannot share the load (another org) fails the task before any request."""
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
         from d365.hooks.dynamics_pool import DynamicsPool
         from d365.hooks.errors import ApiError
 
@@ -158,9 +160,9 @@ class LoadLeadsOperator(BaseOperator):
         try:
             names = primary.settings.pool if self.pool_members is None else self.pool_members
             return DynamicsPool([primary, *(self.member_hook(name) for name in names)])
-        except ApiError as exc:
+        except (ApiError, AirflowNotFoundException) as exc:  # a member that cannot share the load, or is missing
             primary.close()
-            raise AirflowFailException(f"load: {exc}") from None
+            raise AirflowFailException(f"load: the credential pool of {primary.dynamics365_conn_id!r}: {exc}") from None
 
     def write(self, hook: Any, operations: Sequence[Operation]) -> list[Any]:
         """How one application user sends a batch of planned requests, as they are: one ``$batch`` with

@@ -123,6 +123,8 @@ def _check_application_users(dyn: Any, who: dict[str, Any]) -> tuple[list[Any], 
     token, answer WhoAmI, exist, be enabled and hold a security role; a member must be of the same org and tenant.
     Returns the users that passed (the connection's first) and one error line per user that did not, naming its
     connection and client id. A service that cannot be reached raises (the task's retries apply)."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
     from d365.hooks.dynamics import DynamicsHook
     from d365.hooks.dynamics_pool import ApplicationUserProblem, DynamicsPool, auth_reason, check_application_user
     from d365.hooks.errors import DynamicsAuthError
@@ -131,6 +133,8 @@ def _check_application_users(dyn: Any, who: dict[str, Any]) -> tuple[list[Any], 
         pool = DynamicsPool([dyn, *(DynamicsHook(conn_id) for conn_id in dyn.settings.pool)])
     except ApiError as exc:  # the pool extra or a member's connection cannot share the load
         raise _preflight_api_failure("the Dynamics 365 credential pool", exc) from exc
+    except AirflowNotFoundException as exc:  # the pool names a connection Airflow does not have
+        raise PreflightError(f"preflight failed: the credential pool of {dyn.dynamics365_conn_id!r}: {exc}") from exc
     passed: list[Any] = []
     errors: list[str] = []
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from d365.hooks.dynamics import DynamicsHook
 from d365.operators.load_leads import PLAN_FILE, RESULTS_FILE, STATS_FILE, LoadLeadsOperator
@@ -184,3 +185,21 @@ def test_a_user_revoked_mid_load_leaves_the_pool_and_the_load_finishes_on_the_ot
     dumped = json.dumps(saved) + text
     for secret in [info["client_secret"], *(u["client_secret"] for u in info["extra_app_users"])]:
         assert secret not in dumped
+
+
+def test_a_pool_member_missing_from_airflow_fails_the_load_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = {"conn_type": "dynamics365", "host": "https://org.crm4.dynamics.com", "login": "app", "password": "secret"}
+    monkeypatch.setenv("AIRFLOW_CONN_CRM", json.dumps(conn))
+    folder = tmp_path / "run"
+    (folder / "plan").mkdir(parents=True)
+    (folder / PLAN_FILE).write_text(json.dumps(planned(1, "00000000-0000-0000-0000-0000000000aa").to_json()) + "\n")
+    target = {"connection_id": "crm", "entity": "lead", "entity_set": "leads", "primary_id": "leadid"}
+    (folder / "preflight.json").write_text(json.dumps({"target": {**target, "pool": ["crm_user2"]}}))
+    op = LoadLeadsOperator(
+        task_id="load", run_folder="file://" + str(folder), instance=INSTANCE, ledger_url=f"sqlite:///{tmp_path}/l.db"
+    )
+    with pytest.raises(AirflowFailException, match=r"load: the credential pool of 'crm': .*crm_user2") as info:
+        op.execute({"run_id": "r"})  # type: ignore[arg-type]
+    assert "secret" not in str(info.value)

@@ -109,3 +109,11 @@ def test_a_member_of_another_organization_fails_preflight_naming_it(
     )
     with pytest.raises(PreflightError, match=r"connection 'dynamics365_user3' \(client [0-9a-f-]+\) in the pool"):
         preflight(run_context())
+
+
+def test_a_pool_naming_a_missing_connection_fails_preflight_naming_it(
+    pooled: Any, run_context: Callable[..., RunContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_DYNAMICS365_USER3")
+    with pytest.raises(PreflightError, match=r"the credential pool of 'dynamics365_default': .*dynamics365_user3"):
+        preflight(run_context())
