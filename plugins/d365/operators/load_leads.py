@@ -135,6 +135,7 @@ class LoadLeadsOperator(BaseOperator):
         self._lock: dict[str, Any] | None = None
         self._lock_checked = 0.0
         self.pool_members: tuple[str, ...] | None = None  # preflight's LeadTarget.pool; None: the connection's extra
+        self.target: LeadTarget | None = None  # preflight's record: the table's logical name, its bulk messages
 
     def get_hook(self) -> Any:
         """The hook of the target's connection (the pool's first member)."""
@@ -165,12 +166,21 @@ class LoadLeadsOperator(BaseOperator):
             raise AirflowFailException(f"load: the credential pool of {primary.dynamics365_conn_id!r}: {exc}") from None
 
     def write(self, hook: Any, operations: Sequence[Operation]) -> list[Any]:
-        """How one application user sends a batch of planned requests, as they are: one ``$batch`` with
-        continue-on-error (``dynamics_pool.write_batch``). One result per operation, in order; the pool calls it
-        with the member it chose."""
+        """How one application user sends a slice of planned requests, as they are: the upserts as one
+        ``UpsertMultiple`` where preflight found the org supports it (``dynamics_bulk.write_operations``: a group
+        that fails as a whole goes again as ``$batch`` with continue-on-error, so one bad record costs only
+        itself), everything else as one ``$batch`` with continue-on-error (``dynamics_pool.write_batch``). One
+        result per operation, in order; the pool calls it with the member it chose."""
+        from d365.hooks.dynamics_bulk import MAX_GROUP_SIZE, write_operations
         from d365.hooks.dynamics_pool import write_batch
 
-        return write_batch(hook, operations)
+        target = self.target
+        if target is None or not target.bulk_messages:
+            return write_batch(hook, operations)
+        group = max(1, min(len(operations), MAX_GROUP_SIZE))
+        return write_operations(
+            hook, operations, entity=target.entity, messages=frozenset(target.bulk_messages), group_size=group
+        )
 
     def _resolve_target(self, folder: RunFolder) -> None:
         """Settle the connection and entity set before any request: preflight's, never a default.
@@ -193,6 +203,7 @@ class LoadLeadsOperator(BaseOperator):
                 raise AirflowFailException(f"load: the target differs from preflight's ({shown}); nothing sent")
             given = found
             self.pool_members = recorded.pool  # the application users preflight checked, exactly
+            self.target = recorded
         missing = [k for k, v in given.items() if not v]
         if missing:
             raise AirflowFailException(

@@ -33,6 +33,9 @@ class DynamicsSettings(_Model):
     entity: LogicalName = "lead"
     alternate_key: LogicalName | None = "uni_applicantid"
     instance_column: LogicalName | None = "uni_dreamapplyinstance"
+    # Upserts go as UpsertMultiple where preflight finds the org supports it for the table (a group that fails as
+    # a whole is sent again as $batch with continue-on-error); false: always $batch.
+    bulk_messages: StrictBool = True
 
 
 class DreamApplySettings(_Model):

@@ -9,6 +9,9 @@ differently, and a run must write where its preflight looked. A record that lack
 ``pool`` lists the further connections (application users of the same org, the connection's ``pool`` extra) that
 preflight checked: the load spreads its writes over the connection and exactly these. A record without it (older
 ``preflight.json`` files, or a connection without a pool) means the connection alone.
+
+``bulk_messages`` lists the bulk messages (``UpsertMultiple``…) preflight found the org supports for the table
+(``sdkmessagefilters``) and the settings allow (``dynamics.bulk_messages``); empty: every write goes as ``$batch``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class LeadTarget:
     :param entity_set: its Web API entity set name (``EntitySetName``; every data call)
     :param primary_id: its primary key column (``PrimaryIdAttribute``; lookups by lead id)
     :param pool: connection ids of the further application users the load may write through (checked by preflight)
+    :param bulk_messages: the bulk messages the load may use for upserts (found by preflight; empty: ``$batch``)
     """
 
     connection_id: str
@@ -40,11 +44,21 @@ class LeadTarget:
     entity_set: str
     primary_id: str
     pool: tuple[str, ...] = ()
+    bulk_messages: tuple[str, ...] = ()
 
     @classmethod
-    def from_metadata(cls, connection_id: str, meta: Any, pool: Sequence[str] = ()) -> LeadTarget:
+    def from_metadata(
+        cls, connection_id: str, meta: Any, pool: Sequence[str] = (), bulk_messages: Sequence[str] = ()
+    ) -> LeadTarget:
         """From the hook's ``EntityMetadata`` of the lead table, read through ``connection_id``."""
-        return cls(connection_id, meta.logical_name, meta.entity_set_name, meta.primary_id, tuple(pool))
+        return cls(
+            connection_id,
+            meta.logical_name,
+            meta.entity_set_name,
+            meta.primary_id,
+            tuple(pool),
+            tuple(sorted(bulk_messages)),
+        )
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any] | None) -> LeadTarget:
@@ -59,7 +73,10 @@ class LeadTarget:
         pool = doc.get("pool") or []
         if not isinstance(pool, list) or not all(isinstance(c, str) and c for c in pool):
             raise TargetMissing("the target's pool recorded by preflight is not a list of connection ids")
-        return cls(*(str(doc[f]) for f in FIELDS), pool=tuple(pool))
+        bulk = doc.get("bulk_messages") or []
+        if not isinstance(bulk, list) or not all(isinstance(m, str) and m for m in bulk):
+            raise TargetMissing("the target's bulk messages recorded by preflight are not a list of message names")
+        return cls(*(str(doc[f]) for f in FIELDS), pool=tuple(pool), bulk_messages=tuple(bulk))
 
     @property
     def connections(self) -> tuple[str, ...]:
@@ -70,4 +87,6 @@ class LeadTarget:
         doc: dict[str, Any] = {f: getattr(self, f) for f in FIELDS}
         if self.pool:  # a target without a pool is recorded as before
             doc["pool"] = list(self.pool)
+        if self.bulk_messages:  # likewise without bulk messages
+            doc["bulk_messages"] = list(self.bulk_messages)
         return doc

@@ -89,8 +89,14 @@ def _preflight(rc: RunContext) -> dict[str, Any]:
     except ApiError as exc:
         raise _preflight_api_failure(f"DreamApply connection {s.dreamapply.connection_id!r}", exc) from exc
 
+    try:  # the bulk messages the org offers for the table (sdkmessagefilters), where the settings allow them
+        bulk = dyn.bulk_messages(meta.logical_name) if s.dynamics.bulk_messages else frozenset()
+    except ApiError as exc:
+        raise _preflight_api_failure("reading which bulk messages Dynamics 365 supports", exc) from exc
     # every later Dynamics call uses it; the load writes through its connection and pool
-    target = LeadTarget.from_metadata(s.dynamics.connection_id, meta, pool=[u.connection_id for u in app_users[1:]])
+    target = LeadTarget.from_metadata(
+        s.dynamics.connection_id, meta, pool=[u.connection_id for u in app_users[1:]], bulk_messages=bulk
+    )
     doc = {
         "instance": instance,
         "target": target.to_json(),

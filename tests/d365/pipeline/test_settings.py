@@ -85,8 +85,9 @@ def test_default_settings_map_every_field_the_seed_lists() -> None:
 
 def test_contact_owner_is_an_enabled_sandbox_user() -> None:
     from sandbox.dataverse.users import build_users
+    from sandbox.entra.apps import AppUser
 
-    users = build_users("00000000-0000-0000-0000-00000000000a", "client")
+    users = build_users([AppUser(1, "client", "secret")])
     enabled = {u["internalemailaddress"] for u in users if not u["isdisabled"] and u["applicationid"] is None}
     assert load_settings().contact_owner.value in enabled
 
