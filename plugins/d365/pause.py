@@ -31,6 +31,7 @@ from d365.errors import IntegrationPaused, PreflightError
 from d365.hooks.errors import DreamApplyAuthError, DynamicsAuthError
 from d365.notifications import redact, send_mail
 from d365.pipeline.ledger import default_ledger_url
+from d365.pipeline.ledger_schema import create_tables
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class PauseStore:
 
     def __init__(self, url: str | None = None) -> None:
         self.engine = sa.create_engine(url or default_ledger_url(), future=True, pool_pre_ping=True)
-        _metadata.create_all(self.engine)
+        create_tables(self.engine, _metadata)
 
     def dispose(self) -> None:
         self.engine.dispose()

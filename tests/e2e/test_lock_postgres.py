@@ -118,8 +118,11 @@ def test_a_scheduled_run_and_a_backfill_started_together_never_interleave(
         "D365_SYNC_LOCK_WAIT_SECONDS": "600",
     }
     env.pop("D365_SYNC_SETTINGS", None)
-    # the first load's only $batch is held back: the run holding the lock sits in its load meanwhile
-    client.add_fault(kind="latency", server="dataverse", path=r"\$batch", seconds=BATCH_DELAY_SECONDS, times=1)
+    # the first load's only write request ($batch, or UpsertMultiple where the org has it, as the sandbox does) is
+    # held back: the run holding the lock sits in its load meanwhile
+    client.add_fault(
+        kind="latency", server="dataverse", path=r"\$batch|UpsertMultiple", seconds=BATCH_DELAY_SECONDS, times=1
+    )
     raw_before = raw_applicants(client)
 
     logs = {"scheduled": tmp_path / "scheduled.log", "backfill": tmp_path / "backfill.log"}

@@ -73,6 +73,17 @@ def test_dry_run_prints_the_plan_and_writes_nothing(sync_env: Any, tmp_path: Pat
     assert autumn in summary["picklist_options_would_add"]
     assert all(o in (autumn, rejected) for o in summary["picklist_options_would_add"])
     assert "DRY RUN" in summary_text(summary) and "Autumn term" in text
+    # the load estimate from the org's limits and what preflight measured (d365.pipeline.estimate)
+    estimate = summary["load_estimate"]
+    assert estimate["writes"] == summary["writes"] and estimate["users"] == 1
+    assert estimate["binding_limit"] in ("requests", "execution time", "concurrency")
+    from d365.hooks.throttle import ThrottleSettings
+
+    # measured over preflight's reads, not the throttle's starting guess
+    assert 0 < estimate["request_ms_measured"] != ThrottleSettings().initial_estimate_ms
+    assert estimate["record_ms_assumed"] == 10
+    assert estimate["seconds"] > 0 and estimate["text"] in summary_text(summary)
+    assert estimate["text"].startswith(f"load estimate: {summary['writes']:,} writes in about ")
     # nothing written: no lead, no option inserted or published, no load or commit, ledger and cursors unchanged
     assert env.leads() == []
     assert option_calls(env) == (0, 0)

@@ -4,7 +4,7 @@ in the sandbox's Entra ID) and an org whose lead table's entity set is ``uni_lea
 No ``dynamics365_default`` connection exists, and the sandbox answers ``leads`` with 404: a Dynamics call that
 fell back to the default connection or the stock entity set name would fail the run. The leads must be found
 where preflight looked, and the request log must show every call (preflight, picklist options, lookups, the
-load's ``$batch`` operations, the reconciliation) went to ``uni_leads`` with ``crm_test``'s credentials.
+load's ``UpsertMultiple``/``$batch`` writes, the reconciliation) went to ``uni_leads`` with ``crm_test``'s credentials.
 """
 
 from __future__ import annotations
@@ -54,7 +54,13 @@ def test_the_sync_writes_where_preflight_looked(sync_env: Any, tmp_path: Path, m
     # preflight recorded what it found, and the load found its leads there
     [preflight] = env.run_root.glob("dreamapply_to_dynamics365/*/preflight.json")
     target = json.loads(preflight.read_text())["target"]
-    assert target == {"connection_id": "crm_test", "entity": "lead", "entity_set": ENTITY_SET, "primary_id": "leadid"}
+    assert target == {
+        "connection_id": "crm_test",
+        "entity": "lead",
+        "entity_set": ENTITY_SET,
+        "primary_id": "leadid",
+        "bulk_messages": ["CreateMultiple", "UpdateMultiple", "UpsertMultiple"],  # what the sandbox org offers
+    }
     leads = leads_by_applicant(env.leads())
     report = env.reports()[-1]["outcomes"]
     assert report["created"] == len(leads) > 10 and report["failed"] == 0
@@ -73,7 +79,11 @@ def test_the_sync_writes_where_preflight_looked(sync_env: Any, tmp_path: Path, m
     paths = {e["path"].removeprefix(WEB_API).split("(")[0] for e in log}
     assert "leads" not in paths and ENTITY_SET in paths  # the plan's lookups: GET uni_leads?$filter=…
     assert any(p.startswith("EntityDefinitions") for p in paths) and "InsertOptionValue" in paths
-    writes = [part for e in log if e["path"] == WEB_API + "$batch" for part in e["part_requests"]]
+    # the writes: UpsertMultiple on the entity set preflight found (the sandbox org offers it), else $batch parts
+    bulk = [e for e in log if e["path"].startswith(WEB_API + ENTITY_SET + "/Microsoft.Dynamics.CRM.")]
+    assert bulk and {e["path"] for e in bulk} == {WEB_API + ENTITY_SET + "/Microsoft.Dynamics.CRM.UpsertMultiple"}
+    writes = [f"PATCH {target}" for e in bulk for target in e["target_ids"]]
+    writes += [part for e in log if e["path"] == WEB_API + "$batch" for part in e["part_requests"]]
     assert len(writes) == len(leads)
     assert {w.split(" ")[0] for w in writes} == {"PATCH"}
     assert {w.split(" ", 1)[1].split("(")[0] for w in writes} == {ENTITY_SET}
@@ -82,7 +92,7 @@ def test_the_sync_writes_where_preflight_looked(sync_env: Any, tmp_path: Path, m
     # the nightly reconciliation resolves the same target: it reads uni_leads with crm_test, finds no drift
     since = env.client.last_seq()
     checked = reconcile(env)
-    assert checked["target"] == target
+    assert checked["target"] == {k: v for k, v in target.items() if k != "bulk_messages"}  # it only reads
     assert checked["checked"] == len(leads) and checked["counts"]["deleted"] == 0
     log = [e for e in env.client.requests(server="dataverse", since=since) if e["user"] is not None]
     assert log and {e["user"] for e in log} == {CLIENT_ID} and all(e["status"] < 400 for e in log)

@@ -113,8 +113,11 @@ def test_after_time_advances_a_run_updates_exactly_the_changed_leads(sync_env) -
 def test_a_crash_in_the_middle_of_the_load_then_a_rerun_leaves_no_duplicate_and_no_gap(sync_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("D365_SYNC_BATCH_SIZE", "10")
     env = sync_env(applicants=90)
-    # The 4th $batch and everything after it is refused: the load task dies after 3 committed batches.
-    env.client.add_fault(kind="status", status=403, server="dataverse", path=r"\$batch", nth=4, times=10_000)
+    # The 4th write request ($batch or UpsertMultiple: the sandbox org offers bulk messages) and everything after it is
+    # refused: the load task dies after 3 committed batches.
+    env.client.add_fault(
+        kind="status", status=403, server="dataverse", path=r"\$batch|UpsertMultiple", nth=4, times=10_000
+    )
     assert env.run().state == "failed"
     partial = leads_by_applicant(env.leads())
     assert len(partial) == 30

@@ -38,6 +38,7 @@ from d365.pipeline.ledger_schema import (
     _now,
     _now_ms,
     _rowcount,
+    create_tables,
     cursor_table,
     ledger_table,
     lock_table,
@@ -88,7 +89,7 @@ class Ledger(LedgerLocks):
             # Several task processes may share the file: wait for locks instead of failing.
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
-            metadata.create_all(self.engine)
+            create_tables(self.engine, metadata)
             _add_missing_columns(self.engine, (ledger_table,))
 
     def dispose(self) -> None:

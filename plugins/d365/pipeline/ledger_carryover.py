@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import sqlalchemy as sa
 
-from d365.pipeline.ledger_schema import LedgerStore, _now, metadata
+from d365.pipeline.ledger_schema import LedgerStore, _now, create_tables, metadata
 
 # -- quality: the size of the last full extract (for quality.max_drop_fraction) -----------------------
 # A table of its own: the cursor table's rows are all read as cursors by ``Ledger.cursors``.
@@ -24,7 +24,7 @@ LAST_FULL_EXTRACT_ROWS = "last_full_extract_rows"
 
 def last_full_extract_rows(ledger: LedgerStore, instance: str) -> int | None:
     """Rows of the last full extract (first load or resync) that passed the quality checks, or None."""
-    metadata.create_all(ledger.engine, tables=[quality_table])
+    create_tables(ledger.engine, metadata, [quality_table])
     with ledger.engine.connect() as conn:
         value = conn.execute(
             sa.select(quality_table.c.value).where(
@@ -35,7 +35,7 @@ def last_full_extract_rows(ledger: LedgerStore, instance: str) -> int | None:
 
 
 def record_full_extract_rows(ledger: LedgerStore, instance: str, rows: int) -> None:
-    metadata.create_all(ledger.engine, tables=[quality_table])
+    create_tables(ledger.engine, metadata, [quality_table])
     now = _now()
     insert = ledger._insert(quality_table).values(
         instance=instance, name=LAST_FULL_EXTRACT_ROWS, value=int(rows), updated_at=now
@@ -65,7 +65,7 @@ carried_table = sa.Table(
 
 def carried_ids(ledger: LedgerStore, instance: str) -> dict[int, int]:
     """applicant id → runs in a row that could not read it, for the applicants carried to the next run."""
-    metadata.create_all(ledger.engine, tables=[carried_table])
+    create_tables(ledger.engine, metadata, [carried_table])
     c = carried_table.c
     with ledger.engine.connect() as conn:
         rows = conn.execute(sa.select(c.applicant_id, c.attempts).where(c.instance == instance)).all()
@@ -77,7 +77,7 @@ def save_carried(
 ) -> None:
     """After a run's load: forget the ``resolved`` (read now, or purged) and keep ``carry`` (one more attempt
     for those already carried), in one transaction. Call it before the cursors move."""
-    metadata.create_all(ledger.engine, tables=[carried_table])
+    create_tables(ledger.engine, metadata, [carried_table])
     c = carried_table.c
     now = _now()
     keep = sorted({int(i) for i in carry})

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from d365.pipeline.ledger_schema import LeadState, LedgerStore, _now, ledger_table, metadata
+from d365.pipeline.ledger_schema import LeadState, LedgerStore, _now, create_tables, ledger_table, metadata
 
 # -- parking: records that failed ``parking.max_failed_runs`` runs in a row wait for a person ------------------
 # A table of its own (not a new state): the row stays FAILED with its error, the flag only holds back re-sends.
@@ -51,7 +51,7 @@ def park_failing(
     """Park every applicant still FAILED after ``max_failed_runs`` runs in a row (0: never); the newly parked."""
     if max_failed_runs <= 0:
         return []
-    metadata.create_all(ledger.engine, tables=[parked_table])
+    create_tables(ledger.engine, metadata, [parked_table])
     c, p = ledger_table.c, parked_table.c
     now = _now()
     with ledger.engine.begin() as conn:
@@ -88,7 +88,7 @@ def parked_records(
     ledger: LedgerStore, instance: str | None = None, applicant_ids: Iterable[int] | None = None
 ) -> list[ParkedRecord]:
     """Parked records (of one instance, or all), optionally only these applicants; by instance and id."""
-    metadata.create_all(ledger.engine, tables=[parked_table])
+    create_tables(ledger.engine, metadata, [parked_table])
     p = parked_table.c
     query = sa.select(parked_table).order_by(p.instance, p.applicant_id)
     if instance is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -148,3 +149,24 @@ def _now_ms() -> int:
 def _rowcount(result: Any, default: int) -> int:
     count = getattr(result, "rowcount", None)
     return default if count is None or count < 0 else int(count)
+
+
+# pg_advisory_xact_lock key that serialises schema creation: the first runs on a new PostgreSQL database start at
+# once (a scheduled run and a backfill), and two CREATE TABLEs of one name race ("pg_type_typname_nsp_index").
+SCHEMA_LOCK_KEY = 0x0D365_5C4E
+
+
+def create_tables(engine: sa.Engine, md: sa.MetaData, tables: Sequence[sa.Table] | None = None) -> None:
+    """``create_all`` safe against other processes creating the same tables at the same moment: on PostgreSQL
+    under a transaction-scoped advisory lock (the second creator then finds the tables); on SQLite, whose file
+    lock serialises the statements but not the check before them, a lost race ("already exists") is checked again."""
+    for attempt in (1, 2):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                md.create_all(conn, tables=tables)
+            return
+        except sa.exc.OperationalError as exc:
+            if attempt == 2 or "already exists" not in str(exc.orig):
+                raise
