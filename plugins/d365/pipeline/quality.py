@@ -8,8 +8,10 @@ inside the function (3+ s), never at DAG parse time.
 
 How (fast and private):
 
-1. pandas derives one column per row-level check (:mod:`d365.pipeline.quality_frame`), per-value work once
-   per unique value.
+1. pandas derives one column per row-level check (:mod:`d365.pipeline.quality_frame`): vectorised
+   pre-screens decide the common forms exactly, the rest runs once per unique value; the phones, most of
+   the time on a large extract, run on a second process when the machine has a core for it
+   (:mod:`d365.pipeline.quality_parallel`).
 2. GX validates the *derived* frame (row number, applicant id, the check columns) in an ephemeral context:
    ``ExpectColumnValuesToNotBeNull`` / ``ToBeUnique`` on the applicant id, ``ToBeInSet`` on each check
    column, ``ExpectTableRowCountToBeBetween`` for the batch counts. Result format ``COMPLETE`` with
@@ -374,7 +376,7 @@ def validate_applicants(
         batch=batch,
         gx_result=gx_result.to_json_dict(),
         check_counts=counts,
-        applicant_ids=[None if pd.isna(v) else int(v) for v in frame[APPLICANT_ID]],
+        applicant_ids=frame[APPLICANT_ID].to_numpy(dtype=object, na_value=None).tolist(),
         full_extract=full_extract,
         policies={name: q.policy(name) for name in QUALITY_FIELDS},
     )

@@ -53,6 +53,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
 from email_validator import EmailNotValidError, validate_email
 
 from d365.pipeline.fields import APPLICANT_FIELDS, checked_fields
@@ -72,12 +75,22 @@ ROW = "row"
 APPLICANT_ID = "applicant_id"
 
 # email-validator's special-use names (arpa, invalid, local, localhost, onion, test) go the slow way
-_SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+_SPECIAL_TLDS = ("arpa", "invalid", "local", "localhost", "onion", "test")
+_SPECIAL_TLD = rf"\.(?:{'|'.join(_SPECIAL_TLDS)})$"
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # An ASCII dot-atom local part @ LDH labels . alphabetic TLD: a subset of what email-validator accepts
 # (with the length, "--" and special-use checks below). Anything else is asked of email-validator.
 FAST_EMAIL = rf"{_ATEXT}+(?:\.{_ATEXT}+)*@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}"
+
+# A phone typed internationally (+ or 00) in ASCII digits and plain separators, optionally with an extension: a
+# subset of the shapes mapping.parse_phone reads (it rejects letters before parsing); pyarrow's RE2 and Python's re
+# read it alike (ASCII classes only).
+INTERNATIONAL_PHONE = r"(?:\+|00)[0-9 ().\-]*(?:(?:[Ee][Xx][Tt]\.?|[Xx]|#) ?[0-9]+)?"
+# An ISO 8601 date/time in UTC (or without offset, which parse_instant reads as UTC), in the form DreamApply sends:
+# datetime.fromisoformat reads it exactly when the fields are in range (year from 1: see fast_instants_ok).
+PLAIN_INSTANT = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:Z|\+00:00)?"
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype="int64")
 
 Kind = Literal["record", "identity", "field"]
 Action = Literal["drop", "send_as_entered", "quarantine"]
@@ -196,19 +209,31 @@ def email_valid(text: str) -> bool:
     return True
 
 
+def _arrow_text(series: pd.Series) -> pa.Array:
+    """The (str-typed) series as an Arrow string array (zero-copy for the frame's Arrow-backed columns)."""
+    return pa.array(series.astype("str"))
+
+
+def _true(mask: pa.Array) -> np.ndarray:
+    """An Arrow boolean result as a numpy mask, null (a missing value) as False."""
+    return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+
+
 def fast_email_ok(series: pd.Series) -> np.ndarray:
     """True where the (trimmed, str-typed) address is in the plain ASCII form email-validator accepts."""
-    s = series.astype("str")
-    match = s.str.fullmatch(FAST_EMAIL).fillna(False).to_numpy(dtype=bool)
+    text = _arrow_text(series)
+    match = _true(pc.match_substring_regex(text, f"^(?:{FAST_EMAIL})$"))
     if not match.any():
         return match
-    at = s.str.rfind("@").to_numpy(dtype="float64", na_value=-1)
-    length = s.str.len().to_numpy(dtype="float64", na_value=0)
-    tld = s.str.rsplit(".", n=1).str[-1].str.lower()
-    special = tld.isin(_SPECIAL_TLDS).to_numpy(dtype=bool)
+    # the form has one "@" (the local part's characters exclude it) and an alphabetic TLD after the last "."
+    at = pc.find_substring(text, "@").to_numpy(zero_copy_only=False)
+    length = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+    special = _true(pc.match_substring_regex(text, _SPECIAL_TLD, ignore_case=True))
     # email-validator rejects labels with "--" in positions 3-4 unless they are valid IDNA: ask it instead
-    dashes = s.str.contains("--", regex=False).fillna(False).to_numpy(dtype=bool)
-    return match & (at <= 64) & (length <= 254) & ~special & ~dashes
+    dashes = _true(pc.match_substring(text, "--"))
+    ok = np.zeros(len(match), dtype=bool)
+    ok[match] = (at[match] <= 64) & (length[match] <= 254) & ~special[match] & ~dashes[match]
+    return ok
 
 
 def citizenship_ok(text: str) -> bool:
@@ -220,6 +245,21 @@ def phone_ok(text: str, regions: Sequence[str | None] = (None,)) -> bool:
     return parse_phone(text, regions) is not None
 
 
+def international_phone_possible(text: str, regions: Sequence[str | None] = (None,)) -> bool:
+    """True only where ``phone_ok`` is True, for a phone in :data:`INTERNATIONAL_PHONE` form: a region (tried in
+    the rule's order) reads it as a number of possible length, which the rule accepts for a number typed
+    internationally. Asks phonenumbers for the length check (cheap) instead of the rule's ``is_valid_number``
+    first (the patterns of every number type). False decides nothing: ask ``phone_ok``."""
+    for region in regions or (None,):
+        try:
+            number = phonenumbers.parse(text, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_possible_number(number):
+            return True
+    return False
+
+
 def instant_ok(text: str) -> bool:
     dt = parse_instant(text)
     return dt is not None and dt.year >= MIN_DATETIME_YEAR
@@ -227,6 +267,37 @@ def instant_ok(text: str) -> bool:
 
 def date_ok(value: Any) -> bool:
     return parse_instant(value) is not None
+
+
+def fast_instants_ok(series: pd.Series, min_year: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(decided, ok)`` per value, vectorised: values in :data:`PLAIN_INSTANT` form are decided, and ``ok`` says
+    whether ``parse_instant`` reads them with a UTC year from ``min_year`` (``fromisoformat``: a year from 1, a
+    real month and day, 00-23:00-59:00-59; the offset is zero, so the UTC year is the year typed). The others
+    (null, another form or offset) are left to ``instant_ok`` / ``date_ok``."""
+    text = _arrow_text(series)
+    decided = _true(pc.match_substring_regex(text, f"^(?:{PLAIN_INSTANT})$"))
+    ok = np.zeros(len(decided), dtype=bool)
+    if decided.any():
+        plain = text.filter(pa.array(decided))
+
+        def part(start: int, stop: int) -> np.ndarray:
+            digits = pc.utf8_slice_codeunits(plain, start, stop)
+            return pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False)
+
+        year, month, day = part(0, 4), part(5, 7), part(8, 10)
+        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+        days = _DAYS_IN_MONTH[np.clip(month, 0, 12)] + ((month == 2) & leap)
+        ok[decided] = (
+            (year >= max(min_year, 1))
+            & (month >= 1)
+            & (month <= 12)
+            & (day >= 1)
+            & (day <= days)
+            & (part(11, 13) <= 23)
+            & (part(14, 16) <= 59)
+            & (part(17, 19) <= 59)
+        )
+    return decided, ok
 
 
 # cp1252 characters for the bytes 0x80-0x9F (the others of 0x80-0xBF are the latin-1 characters U+0080-U+00BF)
