@@ -83,3 +83,26 @@ def refuse_first_scrub(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(privacy, "_scrub_jsonl", refuse_once)
     return fired
+
+
+PG_ADMIN_URL = os.environ.get("D365_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (127.0.0.1:5432, trust auth) for one test, dropped afterwards: the first runs
+    on a new production ledger."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"d365_fresh_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

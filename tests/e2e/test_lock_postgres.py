@@ -18,12 +18,10 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from e2e.helpers import accepted_live, leads_by_applicant, nfc, raw_applicants
 
@@ -46,20 +44,6 @@ assert not bag.import_errors, bag.import_errors
 run = bag.get_dag(sys.argv[2]).test(logical_date=datetime.fromisoformat(sys.argv[3]))
 print("RUN " + json.dumps({"run_id": run.run_id, "state": getattr(run.state, "value", str(run.state))}))
 """
-
-
-@pytest.fixture
-def postgres_ledger() -> Iterator[str]:
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    name = f"d365_lock_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _start_run(env: dict[str, str], home: Path, logical_date: str, log: Path) -> subprocess.Popen[str]:
@@ -104,14 +88,14 @@ def _result(log: Path) -> dict[str, Any]:
 
 
 def test_a_scheduled_run_and_a_backfill_started_together_never_interleave(
-    airflow_db: str, make_sandbox, postgres_ledger: str, tmp_path: Path
+    airflow_db: str, make_sandbox, fresh_postgres_database: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     sb, client = make_sandbox(applicants=60, dreamapply_requests_per_minute=100_000)
     run_root = tmp_path / "runs"
     env = {
         **os.environ,
         **{k: json.dumps(v) for k, v in airflow_connections(sb.info(), requests_per_minute=100_000).items()},
-        "D365_SYNC_LEDGER_URL": postgres_ledger,
+        "D365_SYNC_LEDGER_URL": fresh_postgres_database,
         "D365_SYNC_RUN_ROOT": "file://" + str(run_root),
         "D365_SYNC_TASK_RETRIES": "0",
         "D365_SYNC_LOCK_POKE_SECONDS": "1",
@@ -200,7 +184,7 @@ def test_a_scheduled_run_and_a_backfill_started_together_never_interleave(
     assert all(second_results.get(aid) == "updated" for aid in edited), second_results
 
     # the cursors never passed an unsent change, and the ledger rows of the edits carry the second generation
-    ledger = Ledger(postgres_ledger)
+    ledger = Ledger(fresh_postgres_database)
     try:
         instance = json.loads((folder[second] / "preflight.json").read_text())["instance"]
         assert ledger.cursors(instance)["journal_event_id"] == events_after

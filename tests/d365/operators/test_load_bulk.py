@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from planned import planned_create
 
 from d365.hooks.dynamics import DynamicsHook
 from d365.operators.load_leads import PLAN_FILE, RESULTS_FILE, STATS_FILE, LoadLeadsOperator
 from d365.pipeline.identity import lead_id_for
 from d365.pipeline.ledger import LeadState, Ledger
-from d365.pipeline.owners import OwnerIds
-from d365.pipeline.plan import CREATE, Operation, final_requests
+from d365.pipeline.plan import Operation
 from sandbox import Sandbox
 from sandbox.client import SandboxClient, airflow_connections
 
@@ -26,14 +26,10 @@ BAD = 17  # its lastname is longer than the column's 50 characters: Dataverse re
 
 
 def planned(aid: int, owner: str) -> Operation:
-    body = {
-        "firstname": f"Bulk {aid}",
-        "lastname": ("x" * 60) if aid == BAD else f"Applicant-{aid}",
-        "subject": f"DreamApply applicant {aid}",
-        "uni_applicantid": str(aid),
-    }
-    op = Operation(aid, CREATE, lead_id_for(INSTANCE, aid), f"hash-{aid}", body)
-    return final_requests([op], entity_set="leads", owners=OwnerIds(owner), owner_rules={})[0]
+    # no e-mail: nothing but the name and key; BAD's lastname is longer than the column's 50 characters
+    return planned_create(
+        aid, owner, instance=INSTANCE, lastname=("x" * 60) if aid == BAD else f"Applicant-{aid}", emailaddress1=None
+    )
 
 
 def run_load(

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from planned import planned_create
 
 from d365.hooks.dynamics import DynamicsHook
 from d365.hooks.throttle import Ticket
 from d365.operators.load_leads import PLAN_FILE, RESULTS_FILE, STATS_FILE, LoadLeadsOperator
-from d365.pipeline.identity import lead_id_for
 from d365.pipeline.ledger import LeadState, Ledger
-from d365.pipeline.owners import OwnerIds
-from d365.pipeline.plan import CREATE, OWNER_BIND, Operation, final_requests
+from d365.pipeline.plan import OWNER_BIND, Operation
 from sandbox import Sandbox
 from sandbox.client import SandboxClient, airflow_connections
 from sandbox.config import ServiceProtectionLimits
@@ -65,15 +64,7 @@ class TracingLoad(LoadLeadsOperator):
 
 def planned(aid: int, owner: str) -> Operation:
     """One create as the plan step emits it (final request, owned by ``owner``)."""
-    payload = {
-        "firstname": f"Åsa {aid}",
-        "lastname": f"O'Brien-{aid}",
-        "emailaddress1": f"applicant{aid}@example.org",
-        "subject": f"DreamApply applicant {aid}",
-        "uni_applicantid": str(aid),
-    }
-    op = Operation(aid, CREATE, lead_id_for(INSTANCE, aid), f"hash-{aid}", payload)
-    return final_requests([op], entity_set="leads", owners=OwnerIds(owner), owner_rules={})[0]
+    return planned_create(aid, owner, instance=INSTANCE)
 
 
 def _header(entry: dict[str, Any], name: str) -> str | None:

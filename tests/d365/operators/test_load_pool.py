@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from planned import planned_create
 
 from d365.hooks.dynamics import DynamicsHook
 from d365.operators.load_leads import PLAN_FILE, RESULTS_FILE, STATS_FILE, LoadLeadsOperator
 from d365.pipeline.identity import lead_id_for
 from d365.pipeline.ledger import LeadState, Ledger
-from d365.pipeline.owners import OwnerIds
-from d365.pipeline.plan import CREATE, Operation, final_requests
+from d365.pipeline.plan import Operation
 from d365.pipeline.report import build_report, summary_text
 from sandbox import Sandbox
 from sandbox.client import SandboxClient, airflow_connections
@@ -62,15 +62,14 @@ class RevokingLoad(LoadLeadsOperator):
 
 
 def planned(aid: int, owner: str) -> Operation:
-    payload = {
-        "firstname": f"Pool {aid}",
-        "lastname": f"Applicant-{aid}",
-        "emailaddress1": f"pool{aid}@example.org",
-        "subject": f"DreamApply applicant {aid}",
-        "uni_applicantid": str(aid),
-    }
-    op = Operation(aid, CREATE, lead_id_for(INSTANCE, aid), f"hash-{aid}", payload)
-    return final_requests([op], entity_set="leads", owners=OwnerIds(owner), owner_rules={})[0]
+    return planned_create(
+        aid,
+        owner,
+        instance=INSTANCE,
+        firstname=f"Pool {aid}",
+        lastname=f"Applicant-{aid}",
+        emailaddress1=f"pool{aid}@example.org",
+    )
 
 
 @pytest.fixture

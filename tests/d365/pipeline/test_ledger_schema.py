@@ -6,14 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
-from tests.d365.conftest import PG_ADMIN_URL
 
 REPO = Path(__file__).resolve().parents[3]
 CREATORS = 6
@@ -33,30 +29,18 @@ print("ok")
 """
 
 
-@pytest.fixture
-def fresh_database() -> Iterator[str]:
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"d365_schema_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("round_", range(3))
-def test_concurrent_first_runs_create_the_tables_once_without_an_error(fresh_database: str, round_: int) -> None:
+def test_concurrent_first_runs_create_the_tables_once_without_an_error(
+    fresh_postgres_database: str, round_: int
+) -> None:
     import time
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}
     start = time.time() + 4  # every process has imported SQLAlchemy and the ledger by then
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CREATE, fresh_database, str(start)],
+            [sys.executable, "-c", CREATE, fresh_postgres_database, str(start)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -68,7 +52,7 @@ def test_concurrent_first_runs_create_the_tables_once_without_an_error(fresh_dat
     failed = [err[-1500:] for (out, err), p in zip(outputs, procs, strict=True) if p.returncode != 0]
     assert not failed, failed[0]
     assert all(out.strip() == "ok" for out, _ in outputs)
-    engine = sa.create_engine(fresh_database)
+    engine = sa.create_engine(fresh_postgres_database)
     try:
         tables = set(sa.inspect(engine).get_table_names())
     finally:
