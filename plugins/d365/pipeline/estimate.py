@@ -22,17 +22,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from d365.hooks.throttle import ThrottleSettings
+
 DOCUMENTED_CONCURRENCY = 52  # concurrent requests per user (Dataverse service protection)
+_THROTTLE = ThrottleSettings()
 
 
 @dataclass(frozen=True)
 class OrgLimits:
-    """Per-user service-protection limits, as the load's throttle applies them (``ThrottleSettings``)."""
+    """Per-user service-protection limits, as the load's throttle applies them (its ``ThrottleSettings`` defaults:
+    Dataverse's documented limits, one definition)."""
 
-    window_seconds: float = 300.0
-    max_requests: int = 6000
-    max_execution_ms: float = 1_200_000.0
-    safety_margin: float = 0.95
+    window_seconds: float = _THROTTLE.window_seconds
+    max_requests: int = _THROTTLE.max_requests
+    max_execution_ms: float = _THROTTLE.max_execution_ms
+    safety_margin: float = _THROTTLE.safety_margin
     max_concurrency: int = DOCUMENTED_CONCURRENCY
 
     @classmethod
