@@ -1,4 +1,5 @@
-"""Every DAG file imports cleanly; the sync DAG has the promised shape (schedule, one active run, pools)."""
+"""Every DAG file imports cleanly; the sync DAG and its dry-run DAG have the promised shape (schedule, one active
+run, pools)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,22 @@ def test_sync_dag_shape(bag) -> None:  # type: ignore[no-untyped-def]
     assert dag.task_dict["lock"].mode == "reschedule"  # waiting for another run's lock holds no worker slot
     assert dag.task_dict["load"].require_lock is True
     assert all(t.retries >= 0 for t in dag.tasks)
+
+
+def test_dry_run_dag_shape(bag) -> None:  # type: ignore[no-untyped-def]
+    """The dry run is its own unscheduled DAG: the sync's steps up to the plan, the report, and nothing that writes
+    (unpausing it from the trigger dialog starts no schedule)."""
+    dag = bag.dags.get("dreamapply_to_dynamics365_dry_run")
+    assert dag is not None
+    assert type(dag.timetable).__name__ == "NullTimetable" and dag.max_active_runs == 1  # schedule=None
+    order = ["preflight", "lock", "extract", "transform", "plan", "report"]
+    assert set(order) | {"watcher"} == set(dag.task_dict)
+    for upstream, downstream in itertools.pairwise(order):
+        assert downstream in dag.task_dict[upstream].downstream_task_ids
+    assert dag.task_dict["report"].trigger_rule == "all_done"
+    assert set(dag.task_dict["watcher"].upstream_task_ids) == set(order)
+    assert dag.task_dict["lock"].mode == "reschedule"
+    assert "dry_run" not in dag.params and "dry_run" not in bag.dags["dreamapply_to_dynamics365"].params
 
 
 def test_plugin_loader_is_kept_away_from_the_library() -> None:

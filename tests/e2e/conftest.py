@@ -64,13 +64,13 @@ class SyncEnv:
     ledger_url: str
     run_root: Path
 
-    def run(self, **conf: Any) -> Any:
-        """Run the real DAG once with ``dag.test()``; returns the DagRun."""
+    def run(self, dag_id: str = DAG_ID, **conf: Any) -> Any:
+        """Run the real DAG (the sync, or ``dag_id``: its dry-run DAG) once with ``dag.test()``; the DagRun."""
         from airflow.models import DagBag
 
         bag = DagBag(dag_folder=str(REPO / "dags"))
         assert not bag.import_errors, bag.import_errors
-        return bag.get_dag(DAG_ID).test(run_conf=conf or None)
+        return bag.get_dag(dag_id).test(run_conf=conf or None)
 
     def leads(self) -> list[dict[str, Any]]:
         return self.client.get("/dataverse/leads")

@@ -1,4 +1,4 @@
-"""The real DAG: a dry run prints the plan and writes nothing; manual sends by applicant ID, tracker code
+"""The real DAGs: a dry run (its own DAG) prints the plan and writes nothing; manual sends by applicant ID, tracker code
 or academic term send exactly those applicants and leave the cursors where they were."""
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def cursors(env: Any) -> dict[str, int]:
 
 def test_dry_run_prints_the_plan_and_writes_nothing(sync_env: Any, tmp_path: Path, capsys: Any) -> None:
     env = sync_env(settings=settings_file(tmp_path, autumn_term), applicants=60)
-    run = env.run(dry_run=True)
+    # the dry-run DAG: no schedule, no load, no commit; a conf saying otherwise cannot make it a real send
+    run = env.run(dag_id="dreamapply_to_dynamics365_dry_run", dry_run=False)
     assert run.state == "success", run.state
     folder = latest_run(env)
     summary = json.loads((folder / "plan" / "dry_run.json").read_text())
