@@ -7,7 +7,8 @@ Airflow-free. Three parts:
   match when any item does). Values compare case-, accent- and spacing-insensitively. The mapper calls
   it per applicant (``MappedLead.owner_rule``), because rules may read fields the payload does not carry.
 * ``owner_problem(user, ...)``: why a Dynamics ``systemuser`` cannot own leads (missing, disabled, the
-  application user itself, a non-interactive or built-in user), or None.
+  application user itself, a non-interactive or built-in user), or None; ``ineligibility`` / ``can_own_leads``
+  hold the rule for a user that exists (``python -m d365 owners`` lists the users it admits).
 * ``resolve_owners(settings, find, caller_id)``: the preflight's check of ``contact_owner`` and of every
   rule owner; returns the ids (``OwnerIds``) and one error line per bad owner, naming the setting.
 
@@ -69,21 +70,32 @@ def describe(owner: ContactOwner) -> str:
     return f"{owner.by} {owner.value!r}"
 
 
-def owner_problem(user: Mapping[str, Any] | None, owner: ContactOwner, *, caller_id: str | None = None) -> str | None:
-    """Why this user cannot own the leads, or None when it can."""
-    who = f"the Dynamics user with {describe(owner)}"
-    if user is None:
-        return f"no Dynamics user with {describe(owner)}"
+def ineligibility(user: Mapping[str, Any], *, caller_id: str | None = None) -> str | None:
+    """Why this ``systemuser`` row cannot own leads (``is disabled``, ``is a non-interactive user; ...``), or None.
+    The one rule behind preflight's owner checks and the owner listing (``python -m d365 owners``)."""
     if user.get("isdisabled"):
-        return f"{who} is disabled"
+        return "is disabled"
     user_id = str(user.get("systemuserid") or "").lower()
     if user.get("applicationid") or (caller_id and user_id == str(caller_id).lower()):
-        return f"{who} is the application user this sync signs in as; name a person"
+        return "is the application user this sync signs in as; name a person"
     if user.get("accessmode") == NON_INTERACTIVE:
-        return f"{who} is a non-interactive user; name a person"
+        return "is a non-interactive user; name a person"
     if str(user.get("fullname") or "").strip().upper() in BUILT_IN_USERS:
-        return f"{who} is the built-in {str(user.get('fullname')).strip()} user; name a person"
+        return f"is the built-in {str(user.get('fullname')).strip()} user; name a person"
     return None
+
+
+def can_own_leads(user: Mapping[str, Any], *, caller_id: str | None = None) -> bool:
+    """An enabled person: not an application, non-interactive or built-in user (``ineligibility``)."""
+    return ineligibility(user, caller_id=caller_id) is None
+
+
+def owner_problem(user: Mapping[str, Any] | None, owner: ContactOwner, *, caller_id: str | None = None) -> str | None:
+    """Why this user cannot own the leads, or None when it can."""
+    if user is None:
+        return f"no Dynamics user with {describe(owner)}"
+    reason = ineligibility(user, caller_id=caller_id)
+    return None if reason is None else f"the Dynamics user with {describe(owner)} {reason}"
 
 
 @dataclass
