@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install run sandbox-stop test test-fast lint sandbox benchmarks clean
+.PHONY: install run sandbox-stop test test-fast lint sandbox benchmarks clean env
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: install
 ## Start the local DreamApply / Dynamics 365 / Entra ID sandbox in the foreground.
 sandbox: install
 	$(PY) -m sandbox serve
+
+## docker-compose.yaml's .env: Fernet key, api secrets and passwords generated; never overwrites an existing .env.
+## BASE_DIGEST=sha256:... pins the base image when Docker cannot look it up (README "Deploy").
+env:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/make_env.py $(if $(BASE_DIGEST),--base-digest $(BASE_DIGEST))
 
 benchmarks: install
 	$(PY) benchmarks/sandbox_startup.py
