@@ -49,7 +49,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from d365.operators.load_runner import PRIVACY_OUTCOMES, LoadRecorder, run_batches
+from d365.operators.load_runner import PRIVACY_OUTCOMES, LoadProgress, LoadRecorder, run_batches
 from d365.pipeline import runfiles
 from d365.pipeline.ledger import LeadState, Ledger, default_ledger_url
 from d365.pipeline.plan import CREATE, OWNER_BIND, PRIVACY_WRITES, WRITES, Operation
@@ -249,6 +249,7 @@ class LoadLeadsOperator(BaseOperator):
                         counts=counts,
                         log=self.log,
                         after_batch=lambda: self._hold_lock(ledger, run_id),
+                        progress=LoadProgress.for_plan(folder, self.batch_size, pool),
                     )
                     failure = run_batches(
                         lambda chunk: pool.send(chunk, self.write),  # the planned requests, sent as they are
@@ -257,7 +258,14 @@ class LoadLeadsOperator(BaseOperator):
                         batch_attempts=self.batch_attempts,
                         recorder=recorder,
                     )
-            if counts["skipped"]:
+            if first is None:  # say why nothing was sent
+                self.log.info(
+                    "load: nothing to send: %s",
+                    f"all {counts['writes']} planned writes were done by an earlier try"
+                    if counts["skipped"]
+                    else "the plan has no writes (every applicant unchanged, held back or not sendable)",
+                )
+            elif counts["skipped"]:
                 self.log.info(
                     "%d of %d writes already done by an earlier try; skipped", counts["skipped"], counts["writes"]
                 )

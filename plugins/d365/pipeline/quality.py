@@ -33,7 +33,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,33 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+GX_LOGGER = "great_expectations"
+
+
+@contextmanager
+def quiet_gx(level: int = logging.WARNING) -> Iterator[None]:
+    """Great Expectations logs hundreds of registration lines at import and context set-up (INFO/DEBUG); they
+    bury the task's own lines. Its loggers (some set their own level, e.g. INFO) are held at ``level`` while it
+    runs and restored after; its results stay in the run files."""
+    held: dict[str, int] = {}
+
+    def hold() -> None:
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            in_gx = name == GX_LOGGER or name.startswith(GX_LOGGER + ".")
+            if in_gx and isinstance(logger, logging.Logger) and name not in held and logger.level < level:
+                held[name] = logger.level
+                logger.setLevel(level)
+
+    logging.getLogger(GX_LOGGER)  # exists before the import, so the import's own lines are held too
+    hold()
+    try:
+        import great_expectations  # noqa: F401  (its modules create their loggers, some with a level of their own)
+
+        hold()
+        yield
+    finally:
+        for name, before in held.items():
+            logging.getLogger(name).setLevel(before)
 
 
 @dataclass
@@ -272,11 +300,12 @@ def run_gx(
     """Validate the derived frame (COMPLETE results, failing rows named by ``row`` and ``applicant_id``);
     ``row_counts``: ``(name, min, max)`` table checks."""
     columns = tuple(c.column for c in checks if c not in (ID_PRESENT, ID_UNIQUE))
-    definition = _definition(columns, tuple(row_counts))
-    return definition.run(
-        batch_parameters={"dataframe": frame},
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW, APPLICANT_ID]},
-    )
+    with quiet_gx():
+        definition = _definition(columns, tuple(row_counts))
+        return definition.run(
+            batch_parameters={"dataframe": frame},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW, APPLICANT_ID]},
+        )
 
 
 def _list_checks(check: Check, listed: str, q: QualitySettings) -> list[Check]:

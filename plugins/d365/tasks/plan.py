@@ -155,7 +155,8 @@ def plan_step(rc: RunContext) -> dict[str, Any]:
 
         summary = plan_summary(ops, rc.folder.read_json(PLAN_META) or {}, owners, _load_estimate(rc, pre, ops))
         rc.folder.write_json(PLAN_DRY_RUN, summary)
-        print(dry_run_text(summary), flush=True)
+        for line in dry_run_text(summary).splitlines():  # once, in the log (no print beside it)
+            log.info(line)
     return {"writes": sum(counts.get(a, 0) for a in WRITES), **counts}
 
 

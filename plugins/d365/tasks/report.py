@@ -44,6 +44,15 @@ def _durations(rc: RunContext) -> dict[str, float]:
     return durations
 
 
+def _log_summary(rc: RunContext, text: str) -> None:
+    """The run summary, once, in the task log; run files named relative to the run folder (``quality/summary.md``),
+    whose location is said once."""
+    base = rc.folder.url.rstrip("/") + "/"
+    log.info("run folder: %s", base)
+    for line in text.replace(base, "").splitlines():
+        log.info(line)
+
+
 def report_step(rc: RunContext) -> dict[str, Any]:
     """Counts from the files of this run; to the log, report.json and the DAG run note."""
     if rc.dry_run:
@@ -118,9 +127,7 @@ def report_step(rc: RunContext) -> dict[str, Any]:
     report["lock"] = rc.folder.read_json(LOCK)  # the sync lock: generation, how long this run waited, for whom
     rc.folder.write_json(REPORT, report)
     text = summary_text(report)
-    for line in text.splitlines():
-        log.info(line)
-    print(text, flush=True)
+    _log_summary(rc, text)
     report["note_set_via"] = set_run_note(rc.dag_id, rc.run_id, text)
     from d365.pipeline.digest import send_digest
 
@@ -136,9 +143,7 @@ def _dry_run_report(rc: RunContext) -> dict[str, Any]:
     report = {"dag_id": rc.dag_id, "run_id": rc.run_id, **summary, "outcomes": {}}
     rc.folder.write_json(REPORT, report)
     text = dry_run_text(summary)
-    for line in text.splitlines():
-        log.info(line)
-    print(text, flush=True)
+    _log_summary(rc, text)
     report["note_set_via"] = set_run_note(rc.dag_id, rc.run_id, text)
     return {"dry_run": True, **summary.get("counts", {})}
 

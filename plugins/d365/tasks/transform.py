@@ -14,6 +14,7 @@ from d365.pipeline.ledger import (
 from d365.pipeline.runfiles import (
     EXTRACT_APPLICANTS,
     EXTRACT_CATALOG,
+    QUALITY_SUMMARY,
     TRANSFORM_LEADS,
     TRANSFORM_OUTCOMES,
 )
@@ -68,7 +69,7 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
         full_extract=full,
         add_options=True,  # allowed-but-missing picklist options: pending, the plan adds them
     )
-    files = write_artifacts(rc.folder, result)
+    write_artifacts(rc.folder, result)
     rc.folder.write_jsonl(TRANSFORM_OUTCOMES, result.ledger_outcomes())
     counts = {k: v for k, v in result.counts().items() if k != "leads"}
     if not result.ok:
@@ -76,7 +77,7 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
         message = (
             "data quality gate failed, nothing was written to Dynamics: "
             + "; ".join(result.batch_failures)
-            + f" (see {files['summary']})"
+            + f" (see {QUALITY_SUMMARY} in the run folder)"
         )
         log.error(message)
         raise AirflowFailException(message)  # retries cannot fix the data: fail the task at once
@@ -93,6 +94,6 @@ def transform_step(rc: RunContext) -> dict[str, Any]:
         counts,
         result.quality.invalid_rows,
         len(records),
-        files["summary"],
+        QUALITY_SUMMARY,  # relative to the run folder: a short path, not a long file:// URL
     )
     return {"leads": len(result.leads), **counts, "quality_invalid": result.quality.invalid_rows}

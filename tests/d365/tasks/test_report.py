@@ -14,6 +14,9 @@ from d365.pipeline.runfiles import (
     LOAD_STATS,
     PLAN_DRY_RUN,
     PLAN_OPERATIONS,
+    QUALITY_GX_RESULT,
+    QUALITY_SUMMARY,
+    QUALITY_SUMMARY_JSON,
     REPORT,
     TIMINGS,
     TRANSFORM_OUTCOMES,
@@ -66,3 +69,24 @@ def test_a_dry_run_reports_its_plan(tmp_path: Path) -> None:
     rc.folder.write_json(PLAN_DRY_RUN, {"dry_run": True, "counts": {"create": 2}})
     assert report_step(rc) == {"dry_run": True, "create": 2}
     assert rc.folder.read_json(REPORT)["outcomes"] == {}
+
+
+def test_the_summary_is_logged_once_with_short_paths(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once in the log (no print beside it: Airflow puts both in the task log); run files relative to the run
+    folder, whose location is said once."""
+    import logging
+
+    rc = run(tmp_path)
+    base = rc.folder.url.rstrip("/")
+    files = {"summary": f"{base}/{QUALITY_SUMMARY}", "gx_result": f"{base}/{QUALITY_GX_RESULT}"}
+    rc.folder.write_json(QUALITY_SUMMARY_JSON, {"ok": True, "invalid_rows": 0, "files": files})
+    with caplog.at_level(logging.INFO, logger="d365.tasks.report"):
+        report_step(rc)
+    lines = [r.getMessage() for r in caplog.records if r.name == "d365.tasks.report"]
+    assert capsys.readouterr().out == ""
+    assert sum(line.startswith("DreamApply → Dynamics 365") for line in lines) == 1
+    quality = [line for line in lines if line.startswith("quality:")]
+    assert quality == [f"quality: 0 quarantined, see {QUALITY_SUMMARY} (GX result: {QUALITY_GX_RESULT})"]
+    assert [line for line in lines if "file://" in line] == [f"run folder: {base}/"]

@@ -41,3 +41,28 @@ def test_a_catalog_that_does_not_match_the_settings_stops_the_run(
     with pytest.raises(PreflightError, match="settings do not match DreamApply"):
         transform_step(rc)
     assert rc.folder.read_json(TRANSFORM_LEADS) is None and rc.folder.read_json(TRANSFORM_OUTCOMES) is None
+
+
+def test_the_transform_log_is_short_and_free_of_great_expectations_noise(
+    connected: Any, run_context: Callable[..., RunContext], caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    """GX registers its expectations and data sources with hundreds of INFO lines (the log's 213 of 233); held
+    at WARNING while it validates. A fresh GX context (the cache emptied) so its set-up runs in this test."""
+    import logging
+
+    from d365.pipeline import quality
+    from d365.pipeline.runfiles import QUALITY_SUMMARY
+
+    monkeypatch.setattr(quality, "_DEFINITIONS", {})
+    rc = run_context()
+    preflight(rc)
+    extract_step(rc)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        transform_step(rc)
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [r.getMessage() for r in lines if r.name.startswith("great_expectations")]
+    assert len(lines) < 40, [r.getMessage()[:80] for r in lines]
+    done = [r.getMessage() for r in lines if r.name == "d365.tasks.transform"]
+    assert len(done) == 1 and f"({QUALITY_SUMMARY})" in done[0] and "file://" not in done[0]
+    assert logging.getLogger("great_expectations").level == logging.NOTSET  # restored after the validation
