@@ -90,11 +90,39 @@ def from_address(settings: Any) -> str:
     return conn_from or DEFAULT_FROM
 
 
+_SAID_MISSING: set[str] = set()  # SMTP connection ids already reported missing by this process (task)
+
+
+def mail_ready(settings: Any) -> bool:
+    """Whether a mail to ``technical_contact`` can go out: a contact, alerts on, and the SMTP connection
+    exists. A missing connection is said once per task, plainly (not as the SMTP hook's "not found" error on
+    every mail); no contact or alerts off is not a fault and says nothing here."""
+    if not settings.technical_contact or not settings.alerts.enabled:
+        return False
+    from airflow.sdk import BaseHook
+
+    conn_id = settings.alerts.smtp_conn_id
+    try:
+        BaseHook.get_connection(conn_id)
+    except Exception:
+        if conn_id not in _SAID_MISSING:
+            _SAID_MISSING.add(conn_id)
+            log.warning(
+                "alerts: technical_contact is set but the Airflow SMTP connection %r does not exist, so no alert or "
+                "digest mail is sent; create it (README: Alerts and automatic pause) or set alerts.enabled: false",
+                conn_id,
+            )
+        return False
+    return True
+
+
 def send_mail(settings: Any, *, subject: str, body: str) -> bool:
     """Send one plain message to ``technical_contact`` (redacted); False when skipped or it failed."""
     to = settings.technical_contact
     if not to or not settings.alerts.enabled:
         log.info("no technical contact (or alerts disabled): mail %r not sent", subject)
+        return False
+    if not mail_ready(settings):
         return False
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 

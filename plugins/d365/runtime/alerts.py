@@ -11,7 +11,7 @@ from typing import Any
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
 from d365.errors import IntegrationPaused
-from d365.notifications import from_address, html_body, redact
+from d365.notifications import from_address, html_body, mail_ready, redact
 from d365.pause import RESUME_COMMAND, is_irrecoverable, record_irrecoverable
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ class FailureAlert(SmtpNotifier):
                 log.warning("could not record the failure for the automatic pause: %s", err)
         if not settings.technical_contact or not settings.alerts.enabled:
             log.info("task failed; no technical contact configured, no alert sent")
+            return
+        if not mail_ready(settings):  # no SMTP connection: said once, plainly (d365.notifications.mail_ready)
             return
         subject, body = failure_message(context, settings)
         self.to = settings.technical_contact
