@@ -9,19 +9,28 @@ after everything already on its way has been recorded, and is returned to the ca
 ``LoadRecorder`` turns answers into ledger rows and ``load/results.jsonl`` lines (``outcomes``). Only the main thread
 touches the ledger (SQLite allows one writer) and the results file. Error texts are stored without the values that
 were sent (``privacy.redact``).
+
+``LoadProgress`` logs where the load stands every ``PROGRESS_SECONDS`` or ``PROGRESS_BATCHES`` batches, whichever
+comes first, and at the end: leads done of the plan's writes (counted in one pass over the plan before the first
+batch; those an earlier try wrote count as done), batches of about how many, leads per second, the throttling
+waits so far, an ETA (``d365.pipeline.progress``). Counts only, never a lead's values.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import IO, Any
 
 from d365.pipeline.ledger import LeadState, Ledger, LedgerUpdate
-from d365.pipeline.plan import ADOPT, CREATE, ERASE, PRIVACY_WRITES, WITHDRAW, Operation
+from d365.pipeline.plan import ADOPT, CREATE, ERASE, PRIVACY_WRITES, WITHDRAW, WRITES, Operation
 from d365.pipeline.privacy import redact
+from d365.pipeline.progress import Progress
+from d365.pipeline.runfiles import PLAN_OPERATIONS
 
 # An operation answered with one of these inside a $batch may succeed when sent again.
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -31,11 +40,66 @@ PRIVACY_OUTCOMES = {WITHDRAW: ("withdrawn", LeadState.WITHDRAWN), ERASE: ("erase
 
 Send = Callable[[list[Operation]], Sequence[Any]]
 
+# the cadence of the load's progress lines: whichever comes first
+PROGRESS_SECONDS = 30.0
+PROGRESS_BATCHES = 25
+
+
+def throttling_waits(snapshot: Mapping[str, Any]) -> str:
+    """The throttles' waits so far (``DynamicsPool.throttle_snapshot``): Retry-After and pacing waits, their time,
+    the 429 answers."""
+    waits = int(snapshot.get("retry_after_waits", 0)) + int(snapshot.get("pacing_waits", 0))
+    seconds = float(snapshot.get("retry_after_wait_seconds", 0.0)) + float(snapshot.get("pacing_wait_seconds", 0.0))
+    text = f"throttling waits {waits:,} ({seconds:,.1f} s)"
+    answered_429 = int(snapshot.get("throttled_429", 0))
+    return text + (f", {answered_429:,} answered 429" if answered_429 else "")
+
+
+class LoadProgress(Progress):
+    """The load's progress: leads done of the plan's writes, batches, leads/s, throttling waits, ETA."""
+
+    def __init__(
+        self,
+        total: int,
+        batch_size: int,
+        *,
+        throttle: Callable[[], Mapping[str, Any]] | None = None,
+        clock: Callable[[], float] | None = None,
+        log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        super().__init__(
+            log or logging.getLogger(__name__),
+            what="load",
+            unit="leads",
+            step="batch",
+            total=total,
+            total_steps=math.ceil(total / max(1, batch_size)),
+            every_seconds=PROGRESS_SECONDS,
+            every_steps=PROGRESS_BATCHES,
+            detail=(lambda: throttling_waits(throttle())) if throttle is not None else None,
+            clock=clock or time.monotonic,
+        )
+        self.batch_size = max(1, batch_size)
+
+    @classmethod
+    def for_plan(cls, folder: Any, batch_size: int, pool: Any) -> LoadProgress:
+        """The total from one pass over the run folder's plan (its write rows), the waits from the pool's throttles."""
+        total = sum(row.get("action") in WRITES for row in folder.read_jsonl(PLAN_OPERATIONS))
+        return cls(total, batch_size, throttle=pool.throttle_snapshot)
+
+    def recorded(self, operations: int, counts: Mapping[str, int]) -> None:
+        """One batch recorded; the writes an earlier try did (``counts["skipped"]``, known as the plan streams)."""
+        self.done_before = int(counts.get("skipped", 0))
+        left = max(0, (self.total or 0) - self.done - operations)
+        self.total_steps = self.steps + 1 + math.ceil(left / self.batch_size)  # the batches done and those to come
+        self.advance(1, operations)
+
 
 class LoadRecorder:
     """Records answered batches: the ledger (versioned by the run's lock generation) and the results file.
 
     :param after_batch: called after each recorded batch (the operator renews the sync lock there)
+    :param progress: the load's progress lines; without it, one line per batch
     """
 
     def __init__(
@@ -49,6 +113,7 @@ class LoadRecorder:
         counts: dict[str, int],
         log: logging.Logger | logging.LoggerAdapter[Any],
         after_batch: Callable[[], None] = lambda: None,
+        progress: LoadProgress | None = None,
     ) -> None:
         self.ledger = ledger
         self.instance = instance
@@ -58,6 +123,7 @@ class LoadRecorder:
         self.counts = counts
         self.log = log
         self.after_batch = after_batch
+        self.progress = progress
 
     def record(self, chunk: list[Operation], results: Sequence[Any]) -> None:
         if not chunk:
@@ -70,8 +136,27 @@ class LoadRecorder:
         self.results.flush()
         self.counts["batches"] += 1
         failed = sum(r["outcome"] == "failed" for r in rows)
-        self.log.info("batch %d: %d operations, %d failed", self.counts["batches"], len(chunk), failed)
+        # with progress lines, a batch has its own line only when something in it failed
+        level = logging.INFO if self.progress is None or failed else logging.DEBUG
+        self.log.log(level, "batch %d: %d operations, %d failed", self.counts["batches"], len(chunk), failed)
+        if self.progress is not None:
+            self.progress.recorded(len(chunk), self.counts)
         self.after_batch()
+
+    def patience(self) -> float | None:
+        """How long the loop waits for an answer before ``tick`` (None: as long as it takes)."""
+        return self.progress.every_seconds if self.progress is not None else None
+
+    def tick(self) -> None:
+        """No batch answered for a while (throttling): the progress line still comes when due."""
+        if self.progress is not None:
+            self.progress.advance(0, 0)
+
+    def finish(self) -> None:
+        """The load's last progress line."""
+        if self.progress is not None:
+            self.progress.done_before = int(self.counts.get("skipped", 0))  # the whole plan is read by now
+            self.progress.finish()
 
 
 def run_batches(
@@ -100,7 +185,11 @@ def run_batches(
 
         def collect(block: bool) -> None:
             nonlocal failure
-            done, _ = wait(list(running), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            while True:
+                done, _ = wait(list(running), timeout=recorder.patience() if block else 0, return_when=FIRST_COMPLETED)
+                if done or not block:
+                    break
+                recorder.tick()
             for future in done:
                 chunk, attempt = running.pop(future)
                 try:
@@ -145,6 +234,7 @@ def run_batches(
                 submit(*retry.pop())
             if running:
                 collect(block=True)
+    recorder.finish()
     return failure
 
 
