@@ -12,6 +12,7 @@ from typing import Any
 
 from d365.hooks.errors import ApiError
 from d365.pipeline.extract_normalise import _key_id, link_id, normalise_applicant, normalise_application
+from d365.pipeline.progress import Progress
 from d365.pipeline.records import (
     ApplicantRecord,
     ApplicationRecord,
@@ -25,6 +26,10 @@ APPLICATION_EXPAND = "courses,offers"
 JOURNAL_PAGE = 1024  # the journal's cap (reference §1.6)
 LIST_PAGE_CAP = 32768  # /applicants and /applications without expand
 APPLICANT_ID_CHUNK = 500
+# the cadence of the applicant scan's progress lines, whichever comes first; a scan that ends sooner logs none and
+# costs no count (the first line asks DreamApply how many applicants there are to read: one HEAD, X-Count)
+PROGRESS_PAGES = 10
+PROGRESS_SECONDS = 30.0
 
 
 def _ranges(ids: Iterable[int], gap: int) -> list[tuple[int, int]]:
@@ -55,10 +60,13 @@ class _Run:
         self.unread: set[int] = set()  # wanted, but their range request failed after the hook's retries
 
     def scan_applicants(self, since: int, reason: str) -> int:
-        """Every applicant from ``since`` on (keyset); returns the highest ID seen (0 if none)."""
+        """Every applicant from ``since`` on (keyset); returns the highest ID seen (0 if none). A long scan logs pages
+        read of the expected count (``scan_progress``)."""
         top = 0
         params = {"bySince": since, "expand": APPLICANT_EXPAND}
+        progress = self.scan_progress(since)
         for page in self.client.iter_collection_pages("/applicants", params, self.page_size):
+            progress.advance(1, len(page))
             for key, item in page.items():
                 aid = _key_id(key, item)
                 if aid is None:
@@ -68,7 +76,32 @@ class _Run:
                 if aid not in self.raw:
                     self.raw[aid] = item
                     self.reason[aid] = reason
+        if progress.lines:  # a scan that said nothing on the way ends quietly too
+            progress.finish()
         return top
+
+    def scan_progress(self, since: int) -> Progress:
+        """Pages of applicants read, of the count DreamApply's ``X-Count`` gives for the scan (asked when the first
+        line is due; a count that fails leaves the total unknown, never the scan)."""
+
+        def count(progress: Progress) -> None:
+            try:
+                expected = int(self.client.count("/applicants", {"bySince": since}))
+            except ApiError as exc:
+                log.warning("extract: the number of applicants to read is unknown (%s)", exc.describe())
+                return
+            progress.total, progress.total_steps = expected, -(-expected // self.page_size)
+
+        return Progress(
+            log,
+            what="extract",
+            unit="applicants",
+            step="page",
+            estimated=True,  # applicants may register while the scan runs
+            every_seconds=PROGRESS_SECONDS,
+            every_steps=PROGRESS_PAGES,
+            prepare=count,
+        )
 
     def fetch_ids(self, ids: Iterable[int], reason: str, *, carry_failures: bool = False) -> None:
         """Just these applicants, by ID ranges (never one request per applicant).

@@ -64,6 +64,7 @@ class Progress:
     """Counts of long work and the cadence of its log lines.
 
     :param detail: called for each line, returns an extra part (the load's throttling waits), or ""
+    :param prepare: called once, before the first line (the extract asks for its total only when a line is due)
     :param clock: seconds, monotonic (tests pass a fake one)
     """
 
@@ -80,6 +81,7 @@ class Progress:
         every_seconds: float = 30.0,
         every_steps: int = 20,
         detail: Callable[[], str] | None = None,
+        prepare: Callable[[Progress], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log
@@ -87,6 +89,7 @@ class Progress:
         self.total, self.total_steps, self.estimated = total, total_steps, estimated
         self.every_seconds, self.every_steps = every_seconds, max(1, every_steps)
         self.detail = detail
+        self.prepare = prepare
         self.clock = clock
         self.started = clock()
         self.steps = 0
@@ -134,6 +137,9 @@ class Progress:
             self._emit(self.clock())
 
     def _emit(self, now: float) -> None:
+        if self.prepare is not None:
+            prepare, self.prepare = self.prepare, None
+            prepare(self)
         self.log.info("%s", self.line())
         self.lines += 1
         self._last_time, self._last_steps = now, self.steps
