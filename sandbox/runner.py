@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,18 @@ from sandbox.state import Endpoints, SandboxState
 from sandbox.tls import create_tls
 
 STATE_FILE = "sandbox.json"
+
+
+def _progress_to_stderr() -> None:
+    """The CLI shows the sandbox's own progress lines (generating a large population) on stderr, unless the host
+    program configured logging itself; stdout keeps the ready announcement."""
+    logger = logging.getLogger("sandbox")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -136,6 +150,7 @@ class Sandbox:
 
     def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         """Run in the foreground until interrupted (the CLI)."""
+        _progress_to_stderr()
         socks = self._prepare()
 
         async def main() -> None:

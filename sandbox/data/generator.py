@@ -9,7 +9,9 @@ Registrations are spread over the ~2 years before ``anchor`` in ID order; every 
 from __future__ import annotations
 
 import gc
+import logging
 import random
+import time
 from bisect import bisect_right
 from datetime import UTC, datetime
 from typing import Any
@@ -30,8 +32,11 @@ from sandbox.data.model import (
 )
 from sandbox.data.profiles import KINDS, make_profile, vary_case
 
+log = logging.getLogger(__name__)
+
 DAY = 86400
 SPAN_DAYS = 730
+PROGRESS_EVERY = 10_000  # applicants between progress lines: a large population takes a while
 
 # P(number of applications) for 0, 1, 2, 3
 APPLICATION_COUNTS = (0.35, 0.45, 0.15, 0.05)
@@ -385,7 +390,10 @@ def _generate(seed: int, applicants: int, anchor: int) -> Dataset:
     emails: list[str] = []
     apps: list[Application] = []
     edits: list[Applicant] = []
+    started = time.perf_counter()
     for idx, reg in enumerate(times):
+        if idx and idx % PROGRESS_EVERY == 0:
+            _progress(idx, applicants, started)
         kind = forced.get(idx)
         a = new_applicant(rng, ds, reg, kind, emails if emails else None)
         if a.email and "@" in a.email and " " not in a.email and (not emails or rng.random() < 0.05):
@@ -431,7 +439,25 @@ def _generate(seed: int, applicants: int, anchor: int) -> Dataset:
                 erase(ds, a, at, at - rng.randrange(0, 30 * DAY) if at - last > 30 * DAY else at, sink)
     ds.purged.sort(key=lambda p: p.created)
     sink.flush(ds.journal)
+    if applicants >= PROGRESS_EVERY:
+        log.info(
+            "sandbox: %d applicants generated in %.1f s (%d applications, %d journal events)",
+            applicants,
+            time.perf_counter() - started,
+            len(ds.application_order),
+            len(ds.journal),
+        )
     return ds
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    """One line of the generator's progress: applicants made of the total, their rate, the time left."""
+    elapsed = time.perf_counter() - started
+    rate = done / elapsed if elapsed > 0 else 0.0
+    left = f"{(total - done) / rate:.0f} s left" if rate else "time left unknown"
+    log.info(
+        "sandbox: generating applicants: %d of %d (%d%%), %.0f/s, %s", done, total, done * 100 // total, rate, left
+    )
 
 
 def summary(ds: Dataset) -> dict[str, Any]:
