@@ -42,7 +42,8 @@ class FakeClock:
 
 
 def make(clock: FakeClock, **settings: object) -> Throttle:
-    base = {"jitter_seconds": (0.0, 0.0), "max_concurrency": 4, "increase_every": 2}
+    """A throttle on the fake clock; without slow start unless asked (most tests hold several requests at once)."""
+    base = {"jitter_seconds": (0.0, 0.0), "max_concurrency": 4, "increase_every": 2, "slow_start": False}
     base.update(settings)
     return Throttle(ThrottleSettings(**base), clock=clock, sleep=clock.sleep, wall=clock, rng=random.Random(1))  # type: ignore[arg-type]
 
@@ -98,7 +99,7 @@ def test_aimd_halves_once_per_round_and_grows_back_by_one_per_n_successes() -> N
 
 
 def test_concurrency_limit_blocks_until_a_slot_is_released() -> None:
-    t = Throttle(ThrottleSettings(max_concurrency=2))
+    t = Throttle(ThrottleSettings(max_concurrency=2, slow_start=False))
     held = [t.acquire(), t.acquire()]
     got = threading.Event()
 
@@ -117,7 +118,7 @@ def test_concurrency_limit_blocks_until_a_slot_is_released() -> None:
 
 
 def test_dop_hint_caps_concurrency_below_the_configured_maximum() -> None:
-    t = Throttle(ThrottleSettings(max_concurrency=16))
+    t = Throttle(ThrottleSettings(max_concurrency=16, slow_start=False))
     t.configure(dop_hint=4)
     assert (t.cap, t.limit) == (4, 4)
     t.configure(dop_hint=48)
