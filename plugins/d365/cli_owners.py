@@ -20,16 +20,6 @@ from d365.cli_common import connection_password, logs_to_stderr
 from d365.pipeline.owners import can_own_leads
 
 COMMAND = "python -m d365 owners"
-# the systemuser columns the listing needs, and the ones the owner rule reads
-COLUMNS = [
-    "systemuserid",
-    "fullname",
-    "internalemailaddress",
-    "domainname",
-    "isdisabled",
-    "accessmode",
-    "applicationid",
-]
 # a settings owner's ``by`` -> the systemuser column it names
 OWNER_COLUMN = {"email": "internalemailaddress", "domainname": "domainname", "id": "systemuserid"}
 
@@ -83,7 +73,7 @@ def read_owners(conn_id: str, configured: Sequence[tuple[str, str, str]] = ()) -
 
     hook = DynamicsHook(conn_id)
     try:
-        return eligible_owners(hook.query("systemusers", select=COLUMNS, filter="isdisabled eq false"), configured)
+        return eligible_owners(hook.list_systemusers(filter="isdisabled eq false"), configured)
     finally:
         hook.close()
 
