@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from d365.hooks.dynamics_batch import build_batch
-from d365.operators.load_leads import PlanRefused, check_request
+from d365.operators.load_leads import LoadLeadsOperator, PlanRefused, check_request
 from d365.pipeline.owners import OwnerIds
 from d365.pipeline.plan import ADOPT, CREATE, ERASE, UPDATE, WITHDRAW, Operation, final_requests
 
@@ -71,3 +72,44 @@ def test_finished_requests_pass_the_check() -> None:
     ]
     for op in final_requests(ops, entity_set="leads", owners=OwnerIds("O"), owner_rules={}):
         check_request(op, "leads")
+
+
+@pytest.mark.parametrize(
+    ("plan_rows", "why"),
+    [
+        ([], "the plan has no writes (every applicant unchanged, held back or not sendable)"),
+        ([{"applicant_id": 1, "action": "unchanged", "lead_id": "L1", "payload_hash": "h"}], "the plan has no writes"),
+    ],
+)
+def test_a_load_with_nothing_to_send_says_why_and_sends_nothing(
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    plan_rows: list[Any],
+    why: str,
+) -> None:
+    import logging
+
+    from d365.operators.load_leads import PLAN_FILE, STATS_FILE
+
+    # a connection nobody can reach: nothing to send means no request at all, not even a token
+    conn = {"conn_type": "dynamics365", "host": "https://org.invalid.example", "login": "c", "password": "s"}
+    monkeypatch.setenv("AIRFLOW_CONN_DYNAMICS365_DEFAULT", json.dumps(conn))
+    folder = tmp_path / "run"
+    (folder / "plan").mkdir(parents=True)
+    (folder / PLAN_FILE).write_text("".join(json.dumps(r) + "\n" for r in plan_rows))
+    target = {"connection_id": "dynamics365_default", "entity": "lead", "entity_set": "leads", "primary_id": "leadid"}
+    (folder / "preflight.json").write_text(json.dumps({"instance": "x", "target": target}))
+    caplog.set_level(logging.INFO)
+    op = LoadLeadsOperator(
+        task_id="load", run_folder="file://" + str(folder), instance="x", ledger_url=f"sqlite:///{tmp_path / 'l.db'}"
+    )
+    stats = op.execute({"run_id": "r"})  # type: ignore[arg-type]
+    # the task logger (structlog) writes to the console; the stdlib records caplog sees are checked too
+    printed = capfd.readouterr()
+    text = printed.out + printed.err + "\n".join(r.getMessage() for r in caplog.records)
+    said = [line for line in text.splitlines() if "load: nothing to send:" in line]
+    assert len(said) == 1 and f"load: nothing to send: {why}" in said[0]
+    assert stats["writes"] == 0 and stats["batches"] == 0 and stats.get("requests", 0) == 0
+    assert json.loads((folder / STATS_FILE).read_text())["writes"] == 0
