@@ -101,6 +101,7 @@ def test_owners_with_a_wrong_secret_fails_naming_the_connection_without_the_secr
     assert "wrong-owners-secret" not in out.err + out.out
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_python_dash_m_d365_dispatches(org: Any, capsys: pytest.CaptureFixture[str]) -> None:
     assert d365_main(["owners", "--json"]) == 0
     assert [o["name"] for o in json.loads(capsys.readouterr().out)] == PEOPLE

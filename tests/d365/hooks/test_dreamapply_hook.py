@@ -194,6 +194,7 @@ def test_5xx_and_connection_resets_are_retried(hook: DreamApplyHook, sandbox: Sa
         client.clear_faults()
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_timeouts_are_retried(make_sandbox: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     # a private sandbox: the held request is logged when it finishes, after this test has moved on
     sb, client = make_sandbox(applicants=20)
@@ -209,6 +210,7 @@ def test_timeouts_are_retried(make_sandbox: Callable[..., Any], monkeypatch: pyt
 
 
 # -- quota -----------------------------------------------------------------------------------
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_server_429_backs_off_and_completes(make_sandbox: Callable[..., Any], monkeypatch) -> None:
     """Server quota 5/min, client limit far higher: the server refuses, the hook backs off and finishes."""
     sb, client = make_sandbox(applicants=20, dreamapply_requests_per_minute=5)

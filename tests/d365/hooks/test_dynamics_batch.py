@@ -332,6 +332,7 @@ def test_batch_too_many_operations(hook: DynamicsHook) -> None:
     assert hook.execute_batch([]) == []
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_throttled_batch_is_retried(dynamics_private: Private) -> None:
     hook, client = dynamics_private()
     hook.whoami()

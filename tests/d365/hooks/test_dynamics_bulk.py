@@ -291,6 +291,7 @@ def test_an_org_that_refuses_the_message_costs_one_request_then_batch(private: A
     assert len(_leads(client, marker)) == 10
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_a_throttled_bulk_request_is_resent_after_retry_after_and_writes_once(private: Any) -> None:
     hook, client, seq = private()
     marker = f"bulk-{uuid.uuid4().hex[:8]}"
@@ -330,6 +331,7 @@ def test_a_lying_answer_is_resent(private: Any) -> None:
     assert [_kind(e) for e in _writes(client, seq)] == ["UpsertMultiple", "UpsertMultiple"]
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_throttling_that_outlasts_the_retries_is_raised(dynamics_private: Private) -> None:
     hook, client = dynamics_private(hook_kwargs={"max_retries": 1})
     hook.whoami()

@@ -20,6 +20,7 @@ def stored(client: SandboxClient, applicant_id: str) -> list[dict[str, Any]]:
     return client.get("/dataverse/leads", applicant_id=applicant_id)
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_429_waits_retry_after_then_succeeds(dynamics_private: Private) -> None:
     hook, client = dynamics_private()
     hook.whoami()
@@ -33,6 +34,7 @@ def test_429_waits_retry_after_then_succeeds(dynamics_private: Private) -> None:
     assert hook.stats["throttle_wait_seconds"] >= 1.0
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_429_pauses_other_threads(dynamics_private: Private) -> None:
     hook, client = dynamics_private()
     hook.whoami()
@@ -57,6 +59,7 @@ def programme_options(hook: DynamicsHook) -> dict[int, str]:
 
 # InsertOptionValue (the plan adds a missing programme option with it) is the sync's non-idempotent POST: a second
 # send would fail on the duplicate label, so the core must never resend it after it may have run.
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_429_on_a_post_action_is_retried_because_nothing_ran(dynamics_private: Private) -> None:
     hook, client = dynamics_private()
     hook.whoami()

@@ -365,6 +365,7 @@ def test_events_linking_only_an_application(private) -> None:
 
 
 # -- quota and auth through the extract ------------------------------------------------------
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_extract_completes_through_server_429s(
     make_sandbox: Callable[..., tuple[Sandbox, SandboxClient]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

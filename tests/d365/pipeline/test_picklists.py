@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from d365.pipeline.fit import AttributeSpec, FitPolicy, LeadSchema, fit_value
 from d365.pipeline.mapping_result import MappedLead
 from d365.pipeline.picklists import ensure_options, fill_options, needed_options, option_key
@@ -165,6 +167,7 @@ def _rejected(aid: int) -> dict[str, Any]:
     return applicant(aid, applications=[app])
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_transform_keeps_allowed_missing_options_as_pending_leads() -> None:
     settings = load_settings()
     result = triage_applicants(

@@ -113,6 +113,7 @@ CASES: list[tuple[dict[str, Any], str | None]] = [
 ]
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_each_check_names_its_field_and_passes_good_values() -> None:
     records = []
     for i, (overrides, _) in enumerate(CASES):

@@ -265,6 +265,7 @@ def extract() -> list[Any]:
     [DEFAULT, with_quality(default_region="EE", quarantine_missing_email=True)],
     ids=["default", "default_region+email"],
 )
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_validate_agrees_with_the_row_by_row_baseline_on_every_row_and_check(
     extract: list[Any], settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -42,6 +42,7 @@ def test_progress_lines_every_n_applicants_and_the_same_data(
     assert len(lines) == 4
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_serve_shows_generation_progress_on_stderr(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [

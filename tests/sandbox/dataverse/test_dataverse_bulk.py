@@ -279,6 +279,7 @@ def _meter(sb: Any) -> dict[str, Any]:
     return meter
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 @pytest.mark.parametrize(("base", "per_target", "expected_ops"), [(1.0, 0.25, 2.0), (0.0, 1.0, 4.0), (2.0, 0.5, 4.0)])
 def test_a_bulk_message_is_one_request_and_costs_its_configured_server_time(
     make_sandbox: Any, base: float, per_target: float, expected_ops: float
@@ -295,6 +296,7 @@ def test_a_bulk_message_is_one_request_and_costs_its_configured_server_time(
     assert expected_ops * OP_MS <= meter["execution_ms"] < expected_ops * OP_MS + SLACK_MS
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_a_bulk_message_costs_less_than_the_same_operations_in_a_batch(make_sandbox: Any) -> None:
     """The default model: 8 upserts as UpsertMultiple cost 1 + 8 × 0.25 = 3 operations, as a $batch 8."""
     sb, _ = make_sandbox(operation_ms=OP_MS / 2, request_latency_ms=0)
@@ -322,6 +324,7 @@ def test_a_bulk_message_costs_less_than_the_same_operations_in_a_batch(make_sand
     assert [row["lastname"] for row in _by_marker(api, marker)] == ["Again"] * 8
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_a_failed_bulk_message_costs_the_targets_it_ran(make_sandbox: Any) -> None:
     sb, _ = make_sandbox(operation_ms=OP_MS, request_latency_ms=0, bulk_request_operations=1, bulk_target_operations=1)
     api = WebApi(sb)

@@ -196,6 +196,7 @@ def test_execution_time_limit(make_sandbox: Any) -> None:
     assert throttled.headers["x-ms-ratelimit-time-remaining-xrm-requests"] == "0.00"
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_concurrency_limit(make_sandbox: Any) -> None:
     limits = ServiceProtectionLimits(
         window_seconds=5, max_concurrent=2, retry_after_seconds=1, retry_after_max_seconds=2
@@ -228,6 +229,7 @@ def test_concurrency_limit(make_sandbox: Any) -> None:
     assert sessions[0].get(_whoami(sb)).status_code == 200
 
 
+@pytest.mark.slow  # over a second (real Retry-After waits, sleeps or a subprocess): make test runs it
 def test_fault_injected_429_is_enforced_as_a_penalty(make_sandbox: Any) -> None:
     sb, admin = make_sandbox(applicants=5)
     http = authed_session(sb)
