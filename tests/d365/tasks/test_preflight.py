@@ -117,3 +117,30 @@ def test_a_pool_naming_a_missing_connection_fails_preflight_naming_it(
     monkeypatch.delenv("AIRFLOW_CONN_DYNAMICS365_USER3")
     with pytest.raises(PreflightError, match=r"the credential pool of 'dynamics365_default': .*dynamics365_user3"):
         preflight(run_context())
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_preflight_records_the_bulk_messages_the_org_offers_unless_the_settings_say_no(
+    pooled: Any, tmp_path: Path, allowed: bool
+) -> None:
+    """The docs' promise: ``dynamics.bulk_messages: false`` means always ``$batch`` (nothing recorded or asked)."""
+    from d365.pipeline.settings import load_settings, parse_settings
+
+    _, client = pooled
+    data = load_settings().model_dump(exclude_unset=True)
+    data.setdefault("dynamics", {})["bulk_messages"] = allowed
+    rc = RunContext.create(
+        "dreamapply_to_dynamics365",
+        "manual__bulk",
+        None,
+        settings=parse_settings(data),
+        ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+    )
+    since = client.last_seq()
+    preflight(rc)
+    target = LeadTarget.from_json(rc.folder.read_json(PREFLIGHT)["target"])
+    asked = [e for e in client.requests(server="dataverse", since=since) if e["path"].endswith("/sdkmessagefilters")]
+    if allowed:
+        assert target.bulk_messages == ("CreateMultiple", "UpdateMultiple", "UpsertMultiple") and asked
+    else:
+        assert target.bulk_messages == () and asked == []
